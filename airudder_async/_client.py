@@ -1,0 +1,378 @@
+"""
+AirudderClient: the lifecycle (async with / aclose) and one method per endpoint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import platform
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+import anyio.abc
+
+from ._config import (
+    DEFAULT_BASE_URL,
+    DEFAULT_LIMITS,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_PREFETCH,
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUTS,
+    MAX_PAGE_SIZE,
+    Limits,
+    RetryPolicy,
+    Timeouts,
+)
+from ._convert import format_time, structure_items
+from ._pagination import WorkflowIterator
+from ._ratelimit import Pacer
+from ._session import Response, Transport
+from .errors import DecodeError
+from .models import ClientStats, Cursor, Page, RequestEvent, Workflow
+
+__all__ = ["INSTANCELIST_PATH", "AirudderClient"]
+
+INSTANCELIST_PATH = "/service/cloud/workflow/instancelist"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def check_base_url(url: str) -> str:
+    """
+    Return *url* without a trailing slash; refuse anything but https, except http to loopback.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"base_url {url!r} is plain http: the token would travel in clear text; "
+            "use https (http is only allowed for loopback test servers)"
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_window(start_time: datetime | None, end_time: datetime | None) -> None:
+    for name, value in (("start_time", start_time), ("end_time", end_time)):
+        if value is not None:
+            if not isinstance(value, datetime):
+                raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
+            if value.utcoffset() is None:
+                raise ValueError(f"{name} is naive: pass a timezone-aware datetime (e.g. tzinfo=UTC)")
+    if start_time is not None and end_time is not None and start_time > end_time:
+        raise ValueError(f"start_time {start_time.isoformat()} is after end_time {end_time.isoformat()}")
+
+
+def _check_size(name: str, value: int) -> None:
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise ValueError(f"{name} must be between 1 and {MAX_PAGE_SIZE}, got {value}")
+
+
+class AirudderClient:
+    """
+    An asyncio client for the AIRUDDER API; use it as `async with AirudderClient(...) as client`.
+
+    It owns one aiohttp session (or uses *session*, which it then never closes), obtains and renews
+    the API token, and sends every request through one pacer (*limits*) and retry policy (*retry*).
+    *event_hook* is called with a `RequestEvent` for each attempt, answer and retry.
+    """
+
+    def __init__(
+        self,
+        *,
+        app_key: str,
+        app_secret: str,
+        base_url: str = DEFAULT_BASE_URL,
+        session: aiohttp.ClientSession | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        limits: Limits = DEFAULT_LIMITS,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        user_agent: str | None = None,
+        event_hook: Callable[[RequestEvent], object] | None = None,
+    ) -> None:
+        for name, value in (("app_key", app_key), ("app_secret", app_secret)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string")
+        for name, obj, cls in (("timeouts", timeouts, Timeouts), ("limits", limits, Limits),
+                               ("retry", retry, RetryPolicy)):
+            if not isinstance(obj, cls):
+                raise TypeError(f"{name} must be a {cls.__name__}, got {type(obj).__name__}")
+        self._app_key = app_key
+        self._app_secret = app_secret
+        self.base_url = check_base_url(base_url)
+        self.timeouts = timeouts
+        self.limits = limits
+        self.retry = retry
+        self.user_agent = user_agent or (
+            f"airudder-async/{_version()} Python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
+        )
+        self._event_hook = event_hook
+        self._user_session = session
+        self._session: aiohttp.ClientSession | None = None
+        self._transport: Transport | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._state = "new"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Self:
+        """
+        Build a client from `AIRUDDER_APP_KEY`, `AIRUDDER_APP_SECRET` and optional `AIRUDDER_BASE_URL`.
+
+        Other keyword arguments go to the constructor. Raises `RuntimeError` naming a missing variable.
+        """
+        env = os.environ if environ is None else environ
+        missing = [n for n in ("AIRUDDER_APP_KEY", "AIRUDDER_APP_SECRET") if not env.get(n)]
+        if missing:
+            raise RuntimeError(f"set {' and '.join(missing)} in the environment")
+        base_url = env.get("AIRUDDER_BASE_URL") or kwargs.pop("base_url", DEFAULT_BASE_URL)
+        return cls(
+            app_key=env["AIRUDDER_APP_KEY"], app_secret=env["AIRUDDER_APP_SECRET"], base_url=base_url, **kwargs
+        )
+
+    def __repr__(self) -> str:
+        key = self._app_key
+        shown = key[:4] + "…" if len(key) > 8 else "…"
+        return f"<AirudderClient base_url={self.base_url!r} app_key={shown!r} state={self._state}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise RuntimeError(f"this AirudderClient is {self._state}; create a new one")
+        session = self._user_session
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=self.limits.max_connections, ttl_dns_cache=300)
+            session = self._session = aiohttp.ClientSession(connector=connector)
+        headers = {"User-Agent": self.user_agent, "Content-Type": "application/json", "Accept": "application/json"}
+        self._transport = Transport(
+            session=session,
+            base_url=self.base_url,
+            headers=headers,
+            pacer=Pacer(self.limits),
+            retry=self.retry,
+            timeouts=self.timeouts,
+            app_key=self._app_key,
+            app_secret=self._app_secret,
+            event_hook=self._event_hook,
+        )
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """
+        Cancel running walks and close the session (unless it was yours). Idempotent.
+        """
+        if self._state != "open":
+            self._state = "closed"
+            return
+        self._state = "closed"
+        tg, self._tg = self._tg, None
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+        finally:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+
+    def _require_open(self) -> Transport:
+        if self._state != "open" or self._transport is None:
+            if self._state == "new":
+                raise RuntimeError("use `async with AirudderClient(...) as client` before calling the API")
+            raise RuntimeError("this AirudderClient is closed")
+        return self._transport
+
+    @property
+    def stats(self) -> ClientStats:
+        """
+        A snapshot of the counters: requests, retries by reason, 429s, budget waits, token refreshes.
+        """
+        if self._transport is None:
+            return ClientStats()
+        return self._transport.stats()
+
+    # -- generic call --------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: object = None,
+        idempotent: bool | None = None,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> object:
+        """
+        Call any API *path* with the client's auth, pacing, retries and error mapping; return `data`.
+
+        GET calls are retried by default, others only with *idempotent* true or a policy with
+        `retry_unsafe`. Use `request_full()` for the whole envelope and headers.
+        """
+        response = await self.request_full(
+            method, path, params=params, json=json, idempotent=idempotent, retry=retry, timeouts=timeouts
+        )
+        return response.data
+
+    async def request_full(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: object = None,
+        idempotent: bool | None = None,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> Response:
+        """
+        Like `request()`, but return the `Response`: HTTP status, headers and the decoded envelope.
+        """
+        if not isinstance(method, str) or not method.isalpha():
+            raise ValueError(f"method must be an HTTP method name, got {method!r}")
+        if not isinstance(path, str) or not path.startswith("/") or "//" in path:
+            raise ValueError(f"path must be an absolute API path like '/service/cloud/...', got {path!r}")
+        transport = self._require_open()
+        str_params = None if params is None else {k: str(v) for k, v in params.items()}
+        return await transport.call(
+            method.upper(), path, params=str_params, json=json, idempotent=idempotent, retry=retry,
+            timeouts=timeouts,
+        )
+
+    # -- workflows -----------------------------------------------------------------------------------
+
+    async def list_workflows(
+        self,
+        *,
+        page: int = 1,
+        size: int = 20,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> Page[Workflow]:
+        """
+        Fetch one page of workflows, newest first; *size* is 1..200, *page* counts from 1.
+
+        *start_time*/*end_time* bound the creation time and must be timezone-aware.
+        """
+        if type(page) is not int or page < 1:
+            raise ValueError(f"page must be an int >= 1, got {page!r}")
+        _check_size("size", size)
+        _check_window(start_time, end_time)
+        transport = self._require_open()
+        items, count = await self._fetch_page(transport, page, size, start_time, end_time, retry, timeouts)
+        return Page(items=tuple(items), count=count, page=page, size=size)
+
+    def iter_workflows(
+        self,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        max_items: int | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+        snapshot: bool = True,
+        cursor: Cursor | None = None,
+    ) -> WorkflowIterator:
+        """
+        Walk every workflow, newest first, across pages; return an async iterator.
+
+        Up to *prefetch* pages are requested ahead (1: one request at a time). With *snapshot* the
+        walk pins *end_time* to the moment it starts, so workflows created meanwhile do not push older
+        ones onto later pages. Pass a *cursor* (from `iterator.cursor` or an error's `cursor`) to
+        resume a walk with its own window and page size.
+        """
+        if max_items is not None and (type(max_items) is not int or max_items < 1):
+            raise ValueError(f"max_items must be an int >= 1 or None, got {max_items!r}")
+        if type(prefetch) is not int or prefetch < 1:
+            raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
+        if cursor is not None:
+            if not isinstance(cursor, Cursor):
+                raise TypeError(f"cursor must be a Cursor, got {type(cursor).__name__}")
+            if start_time is not None or end_time is not None:
+                raise ValueError("a cursor carries its own window: do not pass start_time/end_time with it")
+            start_time, end_time, page_size = cursor.start_time, cursor.end_time, cursor.page_size
+        _check_size("page_size", page_size)
+        _check_window(start_time, end_time)
+        if snapshot and end_time is None and cursor is None:
+            end_time = datetime.now(UTC).replace(microsecond=0)
+            _check_window(start_time, end_time)
+        transport = self._require_open()
+
+        async def fetch(page: int) -> tuple[list[Workflow], int]:
+            return await self._fetch_page(transport, page, page_size, start_time, end_time, None, None)
+
+        return WorkflowIterator(
+            fetch=fetch,
+            task_group=self._tg,
+            page_size=page_size,
+            start_time=start_time,
+            end_time=end_time,
+            max_items=max_items,
+            prefetch=prefetch,
+            cursor=cursor,
+        )
+
+    async def _fetch_page(
+        self,
+        transport: Transport,
+        page: int,
+        size: int,
+        start_time: datetime | None,
+        end_time: datetime | None,
+        retry: RetryPolicy | None,
+        timeouts: Timeouts | None,
+    ) -> tuple[list[Workflow], int]:
+        params = {"page": str(page), "size": str(size)}
+        if start_time is not None:
+            params["start_time"] = format_time(start_time)
+        if end_time is not None:
+            params["end_time"] = format_time(end_time)
+        response = await transport.call("GET", INSTANCELIST_PATH, params=params, retry=retry, timeouts=timeouts)
+        data = response.data
+        try:
+            if not isinstance(data, dict):
+                raise DecodeError(f"data is not an object: {type(data).__name__}", field_path="data")
+            count = data.get("count")
+            if type(count) is not int or count < 0:
+                raise DecodeError(f"data.count is not a non-negative integer: {count!r}", field_path="data.count")
+            lists = data.get("lists")
+            if lists is None:
+                lists = []  # guess: an empty result may come without `lists`
+            items = structure_items(Workflow, lists, "data.lists")
+        except DecodeError as exc:
+            exc.method, exc.path = "GET", INSTANCELIST_PATH
+            raise
+        return items, count

@@ -1,0 +1,94 @@
+"""
+Frozen configuration objects: every knob a user may want to turn lives here.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_LIMITS",
+    "DEFAULT_PAGE_SIZE",
+    "DEFAULT_PREFETCH",
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUTS",
+    "MAX_PAGE_SIZE",
+    "NO_RETRY",
+    "Limits",
+    "RetryPolicy",
+    "Timeouts",
+]
+
+DEFAULT_BASE_URL = "https://api.airudder.com"
+MAX_PAGE_SIZE = 200  # documented maximum of `size` on instancelist
+DEFAULT_PAGE_SIZE = 200
+DEFAULT_PREFETCH = 8
+
+_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def _positive_or_none(_inst: object, attr: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attr.name} must be > 0 or None, got {value!r}")
+
+
+def _non_negative(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attr.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Timeouts:
+    """
+    Per-attempt time limits, in seconds; `None` disables one.
+
+    *connect* bounds opening a connection, *read* the wait for each chunk of the answer, and
+    *total* one whole attempt (connect, send, read).
+    """
+
+    connect: float | None = attrs.field(default=10.0, validator=_positive_or_none)
+    read: float | None = attrs.field(default=30.0, validator=_positive_or_none)
+    total: float | None = attrs.field(default=60.0, validator=_positive_or_none)
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """
+    How hard one client may press the API.
+
+    *max_in_flight* caps concurrent requests; *requests_per_second* is a token-bucket budget
+    (`None`: no budget) allowing bursts of *burst* requests; *max_connections* sizes the pool.
+    """
+
+    max_in_flight: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    requests_per_second: float | None = attrs.field(default=None, validator=_positive_or_none)
+    burst: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    max_connections: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """
+    Which failures are retried and how long to wait; all times are in seconds.
+
+    Waits grow exponentially from *backoff_initial* up to *backoff_max*, with full jitter.
+    A `Retry-After` longer than *retry_after_max* raises `RateLimitedError` at once. *deadline*
+    bounds one call across all its attempts. Calls that change state on the vendor side are
+    retried only when *retry_unsafe* is true (or the call opts in).
+    """
+
+    attempts: int = attrs.field(default=6, validator=attrs.validators.ge(1))
+    backoff_initial: float = attrs.field(default=0.5, validator=_non_negative)
+    backoff_max: float = attrs.field(default=30.0, validator=_non_negative)
+    retry_after_max: float = attrs.field(default=120.0, validator=_non_negative)
+    deadline: float | None = attrs.field(default=None, validator=_positive_or_none)
+    statuses: frozenset[int] = attrs.field(default=_RETRY_STATUSES, converter=frozenset)
+    retry_transport_errors: bool = True
+    retry_unsafe: bool = False
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+DEFAULT_LIMITS = Limits()
+DEFAULT_RETRY = RetryPolicy()  # tweak with attrs.evolve(DEFAULT_RETRY, attempts=10)
+NO_RETRY = RetryPolicy(attempts=1)

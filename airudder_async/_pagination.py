@@ -1,0 +1,309 @@
+"""
+Walking `instancelist` page by page: the stop rule (pure) and the prefetching iterator.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+import anyio
+import anyio.abc
+
+from .errors import AirudderError
+from .models import Cursor, Workflow
+
+__all__ = ["WorkflowIterator", "last_page", "pages_left"]
+
+logger = logging.getLogger("airudder_async")
+
+FetchPage = Callable[[int], Awaitable[tuple[list[Workflow], int]]]
+
+
+def pages_left(*, size: int, count: int, received: int, got: int) -> bool:
+    """
+    Tell whether to request another page after a page of *size* returned *got* items.
+
+    *received* counts the items the walk has covered through this page. A short or empty page ends the
+    walk even when *count* promises more: the caller reports the shortfall instead of looping. A server
+    that delivered more than *count* promised (a stale count) is followed until its first short page.
+    """
+    if got < size:
+        return False
+    return received != count
+
+
+def last_page(count: int, size: int) -> int:
+    """Return the number of the last page that *count* items fill at *size* per page."""
+    return max(1, math.ceil(count / size))
+
+
+class _Slot:
+    """One prefetched page: its request runs in a task of the client's task group."""
+
+    __slots__ = ("done", "error", "page", "result", "scope")
+
+    def __init__(self, page: int) -> None:
+        self.page = page
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+        self.result: tuple[list[Workflow], int] | None = None
+        self.error: BaseException | None = None
+
+
+class WorkflowIterator:
+    """
+    An async iterator over every workflow of a walk, newest first, fetching up to *prefetch* pages ahead.
+
+    Besides items it reports the walk: `cursor` (resume point, updated as you go), `count` (what the
+    first page promised), `count_drift`, `duplicates_skipped`, `shortfall` and `pages`. Use it in
+    `async with` (or call `aclose()`) to stop in-flight requests the moment you stop early; dropping it
+    after a `break` also cancels them.
+    """
+
+    def __init__(
+        self,
+        *,
+        fetch: FetchPage,
+        task_group: anyio.abc.TaskGroup | None,
+        page_size: int,
+        start_time: datetime | None,
+        end_time: datetime | None,
+        max_items: int | None,
+        prefetch: int,
+        cursor: Cursor | None,
+    ) -> None:
+        self._fetch = fetch
+        self._tg = task_group
+        self.page_size = page_size
+        self.start_time = start_time
+        self.end_time = end_time
+        self._max_items = max_items
+        self._prefetch = prefetch
+        self._first = cursor.page if cursor else 1
+        self._resume_after = cursor.last_workflow_id if cursor else None
+        self._received_before = cursor.received if cursor else 0
+        self._loaded: int | None = None  # the page whose items are in self._items
+        self._next_request = self._first  # the next page number to request
+        self._last_planned: int | None = None  # unknown until the first page gives count
+        self._items: list[Workflow] = []
+        self._index = 0
+        self._slots: deque[_Slot] = deque()
+        self._recent: set[str] = set()
+        self._last_id: str | None = self._resume_after
+        self._finished = False
+        self._exhausted = False  # the server's data ended (as opposed to max_items or an error)
+        self.received = 0
+        self.pages = 0
+        self.count: int | None = None
+        self.last_count: int | None = None
+        self.duplicates_skipped = 0
+        self.extra_requests = 0
+        self.shortfall = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<WorkflowIterator page={self._loaded} received={self.received} count={self.count}"
+            f" finished={self._finished}>"
+        )
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    @property
+    def cursor(self) -> Cursor:
+        """
+        The point to resume from: the page being read and the last workflow already yielded.
+        """
+        if self._loaded is None:
+            page = self._first
+        elif self._index < len(self._items):
+            page = self._loaded
+        else:
+            page = self._loaded + 1
+        return Cursor(
+            page=page,
+            page_size=self.page_size,
+            start_time=self.start_time,
+            end_time=self.end_time,
+            last_workflow_id=self._last_id,
+            received=self._received_before + self.received,
+        )
+
+    @property
+    def count_drift(self) -> int:
+        """How much `count` changed between the first and the latest page (0 when steady)."""
+        if self.count is None or self.last_count is None:
+            return 0
+        return self.last_count - self.count
+
+    @property
+    def is_finished(self) -> bool:
+        """Tell whether the walk has ended (all items, max_items, an error, or aclose())."""
+        return self._finished
+
+    # -- iteration -------------------------------------------------------------------------------
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Workflow:
+        if self._finished:
+            raise StopAsyncIteration
+        while self._index >= len(self._items):
+            if self._exhausted:
+                self._finish()
+                raise StopAsyncIteration
+            await self._advance(self._first if self._loaded is None else self._loaded + 1)
+        item = self._items[self._index]
+        self._index += 1
+        self._last_id = item.workflow_id
+        self.received += 1
+        if self._max_items is not None and self.received >= self._max_items:
+            self._finish()
+        return item
+
+    async def _advance(self, page: int) -> None:
+        """Load *page* into self._items, from its prefetch slot or inline."""
+        try:
+            if self._slots:
+                slot = self._slots.popleft()
+                assert slot.page == page, (slot.page, page)
+                await slot.done.wait()
+                if slot.error is not None:
+                    raise slot.error
+                assert slot.result is not None
+                items, count = slot.result
+            else:
+                self._next_request = page + 1
+                items, count = await self._fetch(page)
+        except AirudderError as exc:
+            self._fail(exc)
+            raise
+        except BaseException:
+            self._finished = True
+            self._cancel_slots()
+            raise
+        self._loaded = page
+        self.pages += 1
+        self._accept(page, items, count)
+        self._top_up()
+
+    def _accept(self, page: int, items: list[Workflow], count: int) -> None:
+        got = len(items)
+        if self.count is None:
+            self.count = count
+        self.last_count = count
+        covered = (page - 1) * self.page_size + got
+        planned = last_page(count, self.page_size)
+        more = pages_left(size=self.page_size, count=count, received=covered, got=got)
+        if more and covered > count:
+            planned = page + 1  # stale count: follow the data one page at a time
+        if self._max_items is not None:
+            remaining = self._max_items - self.received
+            planned = min(planned, page + max(0, math.ceil((remaining - got) / self.page_size)))
+        self._last_planned = planned if more else page
+        if not more:
+            self._exhausted = True
+            if covered < count:
+                self.shortfall = count - covered
+        fresh = self._dedupe(items)
+        self._items, self._index = fresh, 0
+        if self._exhausted:
+            self._cancel_slots()
+            if self.shortfall:
+                logger.warning(
+                    "instancelist promised %d workflows but delivered %d (page %d was %s); "
+                    "the walk ends here",
+                    count,
+                    covered,
+                    page,
+                    "empty" if got == 0 else "short",
+                )
+
+    def _dedupe(self, items: list[Workflow]) -> list[Workflow]:
+        """Drop items seen on the previous page (the list moved) or before the resume point."""
+        if self._resume_after is not None:
+            ids = [w.workflow_id for w in items]
+            if self._resume_after in ids:
+                skip = ids.index(self._resume_after) + 1
+                items = items[skip:]
+            self._resume_after = None
+        recent = self._recent
+        if recent:
+            kept = [w for w in items if w.workflow_id not in recent]
+            self.duplicates_skipped += len(items) - len(kept)
+            items = kept
+        self._recent = {w.workflow_id for w in items}
+        return items
+
+    def _top_up(self) -> None:
+        """Keep up to *prefetch* pages requested ahead of the one being read."""
+        if self._prefetch <= 1 or self._tg is None or self._exhausted or self._finished:
+            return
+        if self._last_planned is None:
+            return
+        limit = self._last_planned
+        while len(self._slots) < self._prefetch and self._next_request <= limit:
+            slot = _Slot(self._next_request)
+            self._next_request += 1
+            self._slots.append(slot)
+            self._tg.start_soon(self._run_slot, slot)
+
+    async def _run_slot(self, slot: _Slot) -> None:
+        try:
+            with slot.scope:
+                slot.result = await self._fetch(slot.page)
+        except Exception as exc:
+            slot.error = exc
+        finally:
+            if slot.result is None and slot.error is None:
+                slot.error = RuntimeError("the request was cancelled")
+            slot.done.set()
+
+    # -- ending ------------------------------------------------------------------------------------
+
+    def _cancel_slots(self) -> None:
+        while self._slots:
+            slot = self._slots.popleft()
+            if not slot.done.is_set():
+                self.extra_requests += 1
+            slot.scope.cancel()
+
+    def _fail(self, exc: AirudderError) -> None:
+        exc.cursor = self.cursor
+        self._finished = True
+        self._cancel_slots()
+        self._items, self._index = [], 0
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._cancel_slots()
+
+    async def aclose(self) -> None:
+        """
+        Stop the walk: cancel every in-flight request and wait until they are gone. Idempotent.
+        """
+        pending = list(self._slots)
+        self._finished = True
+        self._items, self._index = [], 0
+        self._cancel_slots()
+        for slot in pending:
+            await slot.done.wait()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # A `break` out of `async for` drops the iterator without aclose(): stop its requests anyway.
+        for slot in getattr(self, "_slots", ()):
+            slot.scope.cancel()

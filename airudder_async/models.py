@@ -1,0 +1,237 @@
+"""
+Public, frozen data models: what the API answers and what a walk reports.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Generic, Literal, TypeVar
+
+import attrs
+
+__all__ = [
+    "ClientStats",
+    "Cursor",
+    "Page",
+    "RequestEvent",
+    "Workflow",
+    "WorkflowStatus",
+]
+
+T = TypeVar("T")
+
+
+class WorkflowStatus:
+    """
+    The workflow `status` values known so far; the vendor may send others, which stay plain strings.
+    """
+
+    CANCELLED = "cancelled"
+    FINISHED = "finished"
+
+    KNOWN: frozenset[str] = frozenset({CANCELLED, FINISHED})
+
+
+@attrs.frozen(kw_only=True, cache_hash=False)
+class Workflow:
+    """
+    One workflow task (instance) from `instancelist`; times are timezone-aware.
+
+    *status* is a plain string: compare it with `WorkflowStatus` constants, unknown values are kept.
+    """
+
+    workflow_id: str
+    name: str
+    template_name: str
+    start_time: datetime | None
+    end_time: datetime | None
+    total: int
+    status: str
+    create_time: datetime
+
+    def to_dict(self) -> dict[str, object]:
+        """
+        Return the workflow in wire form: the 8 vendor field names, times as ISO 8601 strings.
+        """
+        return {
+            "workflow_id": self.workflow_id,
+            "name": self.name,
+            "template_name": self.template_name,
+            "start_time": _iso(self.start_time),
+            "end_time": _iso(self.end_time),
+            "total": self.total,
+            "status": self.status,
+            "create_time": _iso(self.create_time),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+@attrs.frozen(kw_only=True)
+class Page(Generic[T]):
+    """
+    One page of a list call: *items* of this page, and *count*, the total the server reports.
+    """
+
+    items: tuple[T, ...]
+    count: int
+    page: int
+    size: int
+
+    @property
+    def has_more(self) -> bool:
+        """
+        Tell whether pages after this one should hold more items, judging by *count*.
+        """
+        return len(self.items) == self.size and self.page * self.size < self.count
+
+
+_CURSOR_VERSION = 1
+
+
+def _aware_or_none(_inst: object, attr: attrs.Attribute[datetime | None], value: datetime | None) -> None:
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(f"{attr.name} must be timezone-aware")
+
+
+@attrs.frozen(kw_only=True)
+class Cursor:
+    """
+    Where a workflow walk stands: pass it to `iter_workflows(cursor=...)` to resume the walk.
+
+    It is small and JSON-serialisable (`to_json()` / `Cursor.from_json()`). *page* is the next page
+    to request; items of that page up to and including *last_workflow_id* were already yielded.
+    *start_time*/*end_time* are the walk's window, pinned when the walk began; *received* counts
+    the items yielded before this point.
+    """
+
+    page: int = attrs.field(validator=attrs.validators.ge(1))
+    page_size: int = attrs.field(validator=[attrs.validators.ge(1), attrs.validators.le(200)])
+    start_time: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+    end_time: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+    last_workflow_id: str | None = None
+    received: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+
+    def to_dict(self) -> dict[str, object]:
+        """
+        Return the cursor as a dict of JSON types.
+        """
+        return {
+            "v": _CURSOR_VERSION,
+            "page": self.page,
+            "page_size": self.page_size,
+            "start_time": _iso(self.start_time),
+            "end_time": _iso(self.end_time),
+            "last_workflow_id": self.last_workflow_id,
+            "received": self.received,
+        }
+
+    def to_json(self) -> str:
+        """
+        Return the cursor as a compact JSON string.
+        """
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Cursor:
+        """
+        Rebuild a cursor from `to_dict()` output; raise `ValueError` when it is not one.
+        """
+        if data.get("v") != _CURSOR_VERSION:
+            raise ValueError(f"not a version {_CURSOR_VERSION} cursor: {data.get('v')!r}")
+        try:
+            page, page_size, received = data["page"], data["page_size"], data.get("received", 0)
+            last = data.get("last_workflow_id")
+            if not (
+                type(page) is int
+                and type(page_size) is int
+                and type(received) is int
+                and (last is None or isinstance(last, str))
+            ):
+                raise TypeError("wrong field types")
+            return cls(
+                page=page,
+                page_size=page_size,
+                start_time=_parse_opt(data.get("start_time")),
+                end_time=_parse_opt(data.get("end_time")),
+                last_workflow_id=last,
+                received=received,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed cursor: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Cursor:
+        """
+        Rebuild a cursor from `to_json()` output; raise `ValueError` when it is not one.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"cursor is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError("cursor must be a JSON object")
+        return cls.from_dict(data)
+
+
+def _parse_opt(value: object) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"time must be a string, got {type(value).__name__}")
+    parsed = datetime.fromisoformat(value)
+    if parsed.utcoffset() is None:
+        raise TypeError("cursor times must carry an offset")
+    return parsed
+
+
+@attrs.frozen(kw_only=True)
+class ClientStats:
+    """
+    A snapshot of a client's counters since it was created; times are in seconds.
+
+    *retries* maps a reason (`"429"`, `"503"`, `"transport"`, `"timeout"`, ...) to its retry count.
+    """
+
+    requests: int = 0
+    responses: int = 0
+    errors: int = 0
+    retries: Mapping[str, int] = attrs.field(factory=dict)
+    rate_limited: int = 0
+    auth_requests: int = 0
+    token_refreshes: int = 0
+    budget_wait: float = 0.0
+    cooldown_wait: float = 0.0
+
+    @property
+    def total_retries(self) -> int:
+        """
+        Return the number of retries for every reason together.
+        """
+        return sum(self.retries.values())
+
+
+@attrs.frozen(kw_only=True)
+class RequestEvent:
+    """
+    What the client tells an `event_hook`: one attempt sent, answered, or about to be retried.
+
+    *status* is the HTTP status (`None` before an answer or on a transport failure), *elapsed* the
+    attempt's duration and *delay* the wait before a retry, in seconds; *reason* says why a retry happens.
+    """
+
+    kind: Literal["request", "response", "retry"]
+    method: str
+    path: str
+    attempt: int
+    status: int | None = None
+    elapsed: float | None = None
+    delay: float | None = None
+    reason: str | None = None

@@ -1,0 +1,469 @@
+"""
+FakeAirudder: a real AIRUDDER look-alike HTTP server on 127.0.0.1 for your tests (and our sandbox).
+
+```python
+async with FakeAirudder(workflows=500) as fake, fake.client() as client:
+    fake.inject(Fault.status(503), on=2)          # the 2nd instancelist request fails once
+    ids = [wf.workflow_id async for wf in client.iter_workflows()]
+assert ids == fake.workflow_ids()
+```
+
+It checks credentials, issues tokens that expire on a clock you control (`advance()`), lists workflows
+newest first with the vendor's paging and time filters, records every request, and injects faults by
+schedule or at random with a seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import random
+import secrets
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import attrs
+from aiohttp import web
+
+from . import _json
+from ._client import INSTANCELIST_PATH, AirudderClient
+from ._config import RetryPolicy
+
+__all__ = ["AUTH_PATH", "INSTANCELIST_PATH", "FakeAirudder", "Fault", "RecordedRequest", "make_workflows"]
+
+AUTH_PATH = "/service/cloud/auth"
+DEFAULT_APP_KEY = "sandbox-app-key"
+DEFAULT_APP_SECRET = "sandbox-app-secret"  # noqa: S105 - a public test credential, not a secret
+_BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+# Seen in the vendor docs: cancelled, finished. The others are synthetic examples of statuses a client
+# has never heard of, to prove they pass through.
+_STATUSES = ("finished", "cancelled", "running", "finished", "paused", "finished", "pending")
+
+FaultKind = Literal["status", "slow", "drop", "malformed", "envelope", "revoke", "insert"]
+
+
+@attrs.frozen(kw_only=True)
+class Fault:
+    """
+    One misbehaviour for the fake server to show on a request; build them with the class methods.
+    """
+
+    kind: FaultKind
+    status: int = 500
+    code: int | None = None
+    retry_after: str | None = None
+    seconds: float = 0.0
+    count: int = 0
+
+    @classmethod
+    def http_status(cls, status: int, *, retry_after: float | None = None) -> Fault:
+        """Answer *status* with an error envelope (and `Retry-After: <seconds>` when given)."""
+        ra = None if retry_after is None else f"{retry_after:g}"
+        return cls(kind="status", status=status, retry_after=ra)
+
+    @classmethod
+    def rate_limited(cls, retry_after: float | None = 0.0, *, as_date: bool = False) -> Fault:
+        """Answer 429; `Retry-After` in seconds, or as an HTTP date when *as_date* is true."""
+        if retry_after is None:
+            return cls(kind="status", status=429)
+        if as_date:
+            return cls(kind="status", status=429, seconds=retry_after, retry_after="date")
+        return cls(kind="status", status=429, retry_after=f"{retry_after:g}")
+
+    @classmethod
+    def slow(cls, seconds: float) -> Fault:
+        """Wait *seconds* before answering normally (to trip the client's timeout)."""
+        return cls(kind="slow", seconds=seconds)
+
+    @classmethod
+    def drop(cls) -> Fault:
+        """Send half of a normal answer, then close the connection."""
+        return cls(kind="drop")
+
+    @classmethod
+    def malformed_json(cls) -> Fault:
+        """Answer 200 with a body that is not JSON."""
+        return cls(kind="malformed")
+
+    @classmethod
+    def error_envelope(cls, code: int = 500, status: int = 200) -> Fault:
+        """Answer HTTP *status* (200 by default) with an envelope whose `code` is *code*."""
+        return cls(kind="envelope", status=status, code=code)
+
+    @classmethod
+    def revoke_token(cls) -> Fault:
+        """Revoke every issued token just before handling the request (so it is refused)."""
+        return cls(kind="revoke")
+
+    @classmethod
+    def insert_head(cls, count: int) -> Fault:
+        """Create *count* new workflows (newest of all) just before handling the request."""
+        return cls(kind="insert", count=count)
+
+
+@attrs.frozen
+class RecordedRequest:
+    """One request the fake server received; *at* is the event loop's clock, in seconds."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    at: float
+
+
+def _iso(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_workflows(n: int, *, seed: int = 0, newest: datetime = _BASE_TIME, step: float = 37.0,
+                   start_index: int = 0) -> list[dict[str, object]]:
+    """
+    Make *n* deterministic synthetic workflows in wire form, newest first, *step* seconds apart.
+    """
+    rng = random.Random(seed * 1_000_003 + start_index)
+    out: list[dict[str, object]] = []
+    for k in range(n):
+        index = start_index + k
+        created = newest - timedelta(seconds=step * k)
+        started = None if index % 7 == 3 else created + timedelta(seconds=rng.randint(0, 600))
+        ended = None if index % 11 == 5 else created + timedelta(seconds=rng.randint(600, 86_400))
+        out.append({
+            "workflow_id": f"{rng.getrandbits(64):016x}{index:08x}",
+            "name": f"wf-{index}",
+            "template_name": f"template-{index % 5}",
+            "start_time": None if started is None else _iso(started),
+            "end_time": None if ended is None else _iso(ended),
+            "total": rng.randint(0, 5000),
+            "status": _STATUSES[index % len(_STATUSES)],
+            "create_time": _iso(created),
+        })
+    return out
+
+
+def _parse_bound(value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    parsed = datetime.fromisoformat(value.replace(" ", "T", 1))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def _envelope(data: object) -> bytes:
+    return _json.dumps({"data": data, "status": "OK", "code": 200})
+
+
+def _error(status: int, message: str, *, code: int | None = None, headers: dict[str, str] | None = None,
+           http_status: int | None = None) -> web.Response:
+    body = _json.dumps({"data": None, "status": "ERROR", "code": code if code is not None else status,
+                        "message": message})
+    return web.Response(status=http_status or status, body=body, content_type="application/json",
+                        headers=headers)
+
+
+class FakeAirudder:
+    """
+    An in-process AIRUDDER look-alike on 127.0.0.1 (a free port); use it as an async context manager.
+
+    *workflows* synthetic workflows are made at start (deterministic for a *seed*). Tokens live
+    *token_lifetime* seconds on the fake clock (`advance()` moves it). Every answer waits *latency*
+    seconds. `count_offset` makes `data.count` lie by that many.
+    """
+
+    def __init__(
+        self,
+        *,
+        workflows: int = 0,
+        seed: int = 0,
+        app_key: str = DEFAULT_APP_KEY,
+        app_secret: str = DEFAULT_APP_SECRET,
+        latency: float = 0.0,
+        token_lifetime: float = 24 * 3600.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.app_key = app_key
+        self.app_secret = app_secret
+        self.latency = latency
+        self.token_lifetime = token_lifetime
+        self.count_offset = 0
+        self.now = 0.0
+        self.seed = seed
+        self.requests: list[RecordedRequest] = []
+        self.record_requests = True
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._host, self._port = host, port
+        self._tokens: dict[str, float] = {}
+        self._workflows: list[dict[str, object]] = []
+        self._keys: list[float] = []  # -create_time, ascending, parallel to _workflows
+        self._generated = 0
+        self._schedule: dict[tuple[str, int], list[Fault]] = {}
+        self._path_hits: Counter[str] = Counter()
+        self._random: tuple[random.Random, float, tuple[Fault, ...], str | None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        if workflows:
+            self.add_workflows(workflows)
+
+    def __repr__(self) -> str:
+        return f"<FakeAirudder url={self.url!r} workflows={len(self._workflows)}>"
+
+    # -- data --------------------------------------------------------------------------------------
+
+    @property
+    def workflows(self) -> list[dict[str, object]]:
+        """The workflows in wire form, newest first (do not mutate; use the methods)."""
+        return self._workflows
+
+    def workflow_ids(self) -> list[str]:
+        """Return every workflow id, newest first."""
+        return [str(w["workflow_id"]) for w in self._workflows]
+
+    def add_workflows(self, n: int) -> list[dict[str, object]]:
+        """Append *n* synthetic workflows older than every existing one; return them."""
+        oldest = (
+            datetime.fromisoformat(str(self._workflows[-1]["create_time"])) - timedelta(seconds=37)
+            if self._workflows
+            else _BASE_TIME
+        )
+        new = make_workflows(n, seed=self.seed, newest=oldest, start_index=self._generated)
+        self._generated += n
+        self._workflows.extend(new)
+        self._keys.extend(-_parse_ts(w) for w in new)
+        return new
+
+    def insert_head(self, n: int) -> list[dict[str, object]]:
+        """Create *n* workflows newer than every existing one (and than the wall clock); return them."""
+        newest = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+        if self._workflows:
+            newest = max(newest, datetime.fromisoformat(str(self._workflows[0]["create_time"])))
+        new = make_workflows(n, seed=self.seed + 1, newest=newest + timedelta(seconds=n), step=1.0,
+                             start_index=self._generated)
+        self._generated += n
+        self._workflows[:0] = new
+        self._keys[:0] = [-_parse_ts(w) for w in new]
+        return new
+
+    def create_workflow(self, fields: dict[str, object]) -> dict[str, object]:
+        """Create one workflow at the head from *fields* (wire names); return it."""
+        created = datetime.now(UTC).replace(microsecond=0)
+        if self._workflows:
+            created = max(created, datetime.fromisoformat(str(self._workflows[0]["create_time"])))
+        wf: dict[str, object] = {
+            "workflow_id": secrets.token_hex(12),
+            "name": fields.get("name", ""),
+            "template_name": fields.get("workflow_template_name", ""),
+            "start_time": None,
+            "end_time": fields.get("end_time"),
+            "total": 0,
+            "status": "running",
+            "create_time": _iso(created),
+        }
+        self._workflows.insert(0, wf)
+        self._keys.insert(0, -_parse_ts(wf))
+        return wf
+
+    # -- clock and tokens ----------------------------------------------------------------------------
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake clock forward *seconds* (tokens expire on it)."""
+        self.now += seconds
+
+    def revoke_tokens(self) -> None:
+        """Forget every issued token: the next authenticated call is refused with 401."""
+        self._tokens.clear()
+
+    # -- faults --------------------------------------------------------------------------------------
+
+    def inject(self, *faults: Fault, on: int | Iterable[int] | None = None, path: str = INSTANCELIST_PATH) -> None:
+        """
+        Show *faults* on the *on*-th request(s) to *path*, counted from now (1, the default, is the next).
+
+        Several faults given together happen on that one request, in order (e.g. revoke then insert).
+        """
+        hits = self._path_hits[path]
+        numbers = [1] if on is None else ([on] if isinstance(on, int) else list(on))
+        for n in numbers:
+            if n < 1:
+                raise ValueError("on counts requests from 1 (the next one)")
+            self._schedule.setdefault((path, hits + n), []).extend(faults)
+
+    def inject_random(self, faults: Sequence[Fault], *, rate: float, seed: int = 0,
+                      path: str | None = INSTANCELIST_PATH) -> None:
+        """Show one of *faults*, chosen with a seeded RNG, on a *rate* share of requests to *path* (None: all)."""
+        if not 0 <= rate <= 1:
+            raise ValueError("rate must be within 0..1")
+        self._random = (random.Random(seed), rate, tuple(faults), path)
+
+    def clear_faults(self) -> None:
+        """Stop injecting faults."""
+        self._schedule.clear()
+        self._random = None
+
+    def hits(self, method: str, path: str) -> int:
+        """Count the recorded requests with *method* to *path*."""
+        return sum(1 for r in self.requests if r.method == method and r.path == path)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        """Return the aiohttp application (to mount or serve yourself)."""
+        app = web.Application(middlewares=[self._middleware], client_max_size=1024 * 1024)
+        app.router.add_post(AUTH_PATH, self._auth)
+        app.router.add_get(INSTANCELIST_PATH, self._instancelist)
+        return app
+
+    async def __aenter__(self) -> Self:
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, shutdown_timeout=0.5)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop serving. Idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def client(self, **kwargs: Any) -> AirudderClient:
+        """
+        Return an `AirudderClient` for this server: its credentials, its URL, and retries without backoff.
+        """
+        if not self.url:
+            raise RuntimeError("start the FakeAirudder (async with) before asking for a client")
+        kwargs.setdefault("retry", RetryPolicy(backoff_initial=0.0, backoff_max=0.0))
+        return AirudderClient(app_key=self.app_key, app_secret=self.app_secret, base_url=self.url, **kwargs)
+
+    # -- HTTP ------------------------------------------------------------------------------------------
+
+    def _faults_for(self, path: str) -> list[Fault]:
+        self._path_hits[path] += 1
+        faults = self._schedule.pop((path, self._path_hits[path]), [])
+        if self._random is not None:
+            rng, rate, choices, only = self._random
+            if (only is None or only == path) and choices and rng.random() < rate:
+                faults.append(rng.choice(choices))
+        return faults
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.record_requests:
+            self.requests.append(RecordedRequest(
+                request.method, request.path, dict(request.query), dict(request.headers),
+                asyncio.get_running_loop().time(),
+            ))
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            for fault in self._faults_for(request.path):
+                answer = await self._apply(fault, request)
+                if answer is not None:
+                    return answer
+                if fault.kind == "drop":
+                    return await self._drop(request, await handler(request))
+            response: web.StreamResponse = await handler(request)
+            return response
+        finally:
+            self.in_flight -= 1
+
+    async def _apply(self, fault: Fault, request: web.Request) -> web.StreamResponse | None:
+        if fault.kind == "status":
+            headers = {}
+            if fault.retry_after == "date":
+                when = datetime.now(UTC) + timedelta(seconds=fault.seconds)
+                headers["Retry-After"] = format_datetime(when, usegmt=True)
+            elif fault.retry_after is not None:
+                headers["Retry-After"] = fault.retry_after
+            return _error(fault.status, f"injected HTTP {fault.status}", headers=headers)
+        if fault.kind == "slow":
+            await asyncio.sleep(fault.seconds)
+        elif fault.kind == "malformed":
+            return web.Response(status=200, body=b'{"data": {"lists": [', content_type="application/json")
+        elif fault.kind == "envelope":
+            return _error(fault.code or 500, "injected error envelope", code=fault.code, http_status=fault.status)
+        elif fault.kind == "revoke":
+            self.revoke_tokens()
+        elif fault.kind == "insert":
+            self.insert_head(fault.count)
+        return None
+
+    async def _drop(self, request: web.Request, normal: web.StreamResponse) -> web.StreamResponse:
+        body = normal.body if isinstance(normal, web.Response) else b""
+        assert isinstance(body, bytes)
+        response = web.StreamResponse(status=normal.status, headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+
+    def _authorized(self, request: web.Request) -> web.Response | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        issued = self._tokens.get(token) if scheme == "Token" else None
+        if issued is None or self.now - issued >= self.token_lifetime:
+            return _error(401, "token is missing, invalid or expired")
+        return None
+
+    async def _auth(self, request: web.Request) -> web.Response:
+        try:
+            body = _json.loads(await request.read())
+        except _json.JSONDecodeError:
+            return _error(400, "body is not JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("APPKey"), str) or not isinstance(
+            body.get("APPSecret"), str
+        ):
+            return _error(400, "APPKey and APPSecret are required")
+        if body["APPKey"] != self.app_key or body["APPSecret"] != self.app_secret:
+            return _error(401, "invalid APPKey or APPSecret")
+        token = secrets.token_hex(16)
+        self._tokens[token] = self.now
+        return web.Response(body=_envelope({"token": token}), content_type="application/json")
+
+    async def _instancelist(self, request: web.Request) -> web.Response:
+        refused = self._authorized(request)
+        if refused is not None:
+            return refused
+        query = request.query
+        try:
+            page = int(query.get("page", "1"))
+            size = int(query.get("size", "20"))
+        except ValueError:
+            return _error(400, "page and size must be integers")
+        if page < 1:
+            return _error(400, "page starts at 1")
+        if not 1 <= size <= 200:
+            return _error(400, "size must be between 1 and 200")
+        try:
+            start = _parse_bound(query.get("start_time"))
+            end = _parse_bound(query.get("end_time"))
+        except ValueError:
+            return _error(400, "start_time/end_time must look like 2022-12-12 12:34:56+07:00")
+        lo = 0 if end is None else bisect.bisect_left(self._keys, -end)
+        hi = len(self._keys) if start is None else bisect.bisect_right(self._keys, -start)
+        matching = max(0, hi - lo)
+        first = lo + (page - 1) * size
+        lists = self._workflows[first: min(first + size, hi)] if first < hi else []
+        count = max(0, matching + self.count_offset)
+        return web.Response(body=_envelope({"lists": lists, "count": count}), content_type="application/json")
+
+
+def _parse_ts(wf: dict[str, object]) -> float:
+    return datetime.fromisoformat(str(wf["create_time"])).timestamp()
