@@ -114,8 +114,11 @@ class AirudderClient:
         for name, value in (("app_key", app_key), ("app_secret", app_secret)):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty string")
-        for name, obj, cls in (("timeouts", timeouts, Timeouts), ("limits", limits, Limits),
-                               ("retry", retry, RetryPolicy)):
+        for name, obj, cls in (
+            ("timeouts", timeouts, Timeouts),
+            ("limits", limits, Limits),
+            ("retry", retry, RetryPolicy),
+        ):
             if not isinstance(obj, cls):
                 raise TypeError(f"{name} must be a {cls.__name__}, got {type(obj).__name__}")
         self._app_key = app_key
@@ -147,7 +150,10 @@ class AirudderClient:
             raise RuntimeError(f"set {' and '.join(missing)} in the environment")
         base_url = env.get("AIRUDDER_BASE_URL") or kwargs.pop("base_url", DEFAULT_BASE_URL)
         return cls(
-            app_key=env["AIRUDDER_APP_KEY"], app_secret=env["AIRUDDER_APP_SECRET"], base_url=base_url, **kwargs
+            app_key=env["AIRUDDER_APP_KEY"],
+            app_secret=env["AIRUDDER_APP_SECRET"],
+            base_url=base_url,
+            **kwargs,
         )
 
     def __repr__(self) -> str:
@@ -164,7 +170,11 @@ class AirudderClient:
         if session is None:
             connector = aiohttp.TCPConnector(limit=self.limits.max_connections, ttl_dns_cache=300)
             session = self._session = aiohttp.ClientSession(connector=connector)
-        headers = {"User-Agent": self.user_agent, "Content-Type": "application/json", "Accept": "application/json"}
+        headers = {
+            "User-Agent": self.user_agent,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
         self._transport = Transport(
             session=session,
             base_url=self.base_url,
@@ -266,7 +276,12 @@ class AirudderClient:
         transport = self._require_open()
         str_params = None if params is None else {k: str(v) for k, v in params.items()}
         return await transport.call(
-            method.upper(), path, params=str_params, json=json, idempotent=idempotent, retry=retry,
+            method.upper(),
+            path,
+            params=str_params,
+            json=json,
+            idempotent=idempotent,
+            retry=retry,
             timeouts=timeouts,
         )
 
@@ -360,14 +375,18 @@ class AirudderClient:
             params["start_time"] = format_time(start_time)
         if end_time is not None:
             params["end_time"] = format_time(end_time)
-        response = await transport.call("GET", INSTANCELIST_PATH, params=params, retry=retry, timeouts=timeouts)
+        response = await transport.call(
+            "GET", INSTANCELIST_PATH, params=params, retry=retry, timeouts=timeouts
+        )
         data = response.data
         try:
             if not isinstance(data, dict):
                 raise DecodeError(f"data is not an object: {type(data).__name__}", field_path="data")
             count = data.get("count")
             if type(count) is not int or count < 0:
-                raise DecodeError(f"data.count is not a non-negative integer: {count!r}", field_path="data.count")
+                raise DecodeError(
+                    f"data.count is not a non-negative integer: {count!r}", field_path="data.count"
+                )
             lists = data.get("lists")
             if lists is None:
                 lists = []  # guess: an empty result may come without `lists`

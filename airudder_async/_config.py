@@ -4,6 +4,8 @@ Frozen configuration objects: every knob a user may want to turn lives here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 __all__ = [
@@ -28,12 +30,12 @@ DEFAULT_PREFETCH = 8
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
-def _positive_or_none(_inst: object, attr: attrs.Attribute[float | None], value: float | None) -> None:
+def _positive_or_none(_inst: object, attr: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not value > 0:
         raise ValueError(f"{attr.name} must be > 0 or None, got {value!r}")
 
 
-def _non_negative(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0:
         raise ValueError(f"{attr.name} must be >= 0, got {value!r}")
 

@@ -73,7 +73,7 @@ converter = _make_converter()
 _SIMPLE = {str: "str", int: "int"}
 
 
-def _fast_hook(cls: type[T]) -> Callable[[Any], T]:
+def _fast_hook(cls: Any) -> Callable[[Any], Any]:
     """
     Generate a structure function for a slotted attrs class of str, int and (optional) datetime fields.
     """
@@ -102,7 +102,7 @@ def _fast_hook(cls: type[T]) -> Callable[[Any], T]:
         lines.append(f"    {setter}(o, v)")
     lines.append("    return o")
     exec("\n".join(lines), ns)
-    fn: Callable[[Any], T] = ns["structure"]
+    fn: Callable[[Any], Any] = ns["structure"]
     return fn
 
 
@@ -131,7 +131,7 @@ def _slow(cls: type[T], item: object, path: str) -> T:
 
 
 def _first_path(detail: str) -> str | None:
-    head, sep, tail = detail.partition(" @ ")
+    _, sep, tail = detail.partition(" @ ")
     return tail.split(";", 1)[0].strip() if sep else None
 
 

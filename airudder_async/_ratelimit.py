@@ -46,9 +46,9 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 def backoff_delay(policy: RetryPolicy, retry: int, *, rand: Callable[[], float] = random.random) -> float:
     """
-    Return the full-jitter wait before retry number *retry* (1-based): uniform in [0, min(max, initial·2^(n-1))].
+    Return the full-jitter wait before retry *retry* (1-based): uniform in [0, min(max, initial·2^(n-1))].
     """
-    ceiling = min(policy.backoff_max, policy.backoff_initial * (2 ** (retry - 1)))
+    ceiling = min(policy.backoff_max, policy.backoff_initial * 2.0 ** (retry - 1))
     return ceiling * rand()
 
 
@@ -135,4 +135,3 @@ class Pacer:
                 yield
             finally:
                 self.in_flight -= 1
-

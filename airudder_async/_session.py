@@ -358,8 +358,17 @@ class Transport:
                     policy.attempts,
                     delay,
                 )
-                self._emit(RequestEvent(kind="retry", method=method, path=path, attempt=attempt,
-                                        status=status_code, delay=delay, reason=reason))
+                self._emit(
+                    RequestEvent(
+                        kind="retry",
+                        method=method,
+                        path=path,
+                        attempt=attempt,
+                        status=status_code,
+                        delay=delay,
+                        reason=reason,
+                    )
+                )
                 await anyio.sleep(delay)
             except DecodeError:
                 self.counters.errors += 1
@@ -422,16 +431,40 @@ class Transport:
                     raw = await resp.read()
                     status, resp_headers = resp.status, resp.headers
             except TimeoutError:
-                self._emit(RequestEvent(kind="response", method=method, path=path, attempt=attempt,
-                                        elapsed=anyio.current_time() - started, reason="timeout"))
+                self._emit(
+                    RequestEvent(
+                        kind="response",
+                        method=method,
+                        path=path,
+                        attempt=attempt,
+                        elapsed=anyio.current_time() - started,
+                        reason="timeout",
+                    )
+                )
                 raise RequestTimeoutError("the attempt timed out", method=method, path=path) from None
             except aiohttp.ClientError as exc:
-                self._emit(RequestEvent(kind="response", method=method, path=path, attempt=attempt,
-                                        elapsed=anyio.current_time() - started, reason="transport"))
+                self._emit(
+                    RequestEvent(
+                        kind="response",
+                        method=method,
+                        path=path,
+                        attempt=attempt,
+                        elapsed=anyio.current_time() - started,
+                        reason="transport",
+                    )
+                )
                 raise TransportError(
                     f"{type(exc).__name__}: {redact(str(exc), self._secrets())}", method=method, path=path
                 ) from None
         self.counters.responses += 1
-        self._emit(RequestEvent(kind="response", method=method, path=path, attempt=attempt, status=status,
-                                elapsed=anyio.current_time() - started))
+        self._emit(
+            RequestEvent(
+                kind="response",
+                method=method,
+                path=path,
+                attempt=attempt,
+                status=status,
+                elapsed=anyio.current_time() - started,
+            )
+        )
         return status, resp_headers, raw

@@ -37,7 +37,7 @@ __all__ = ["AUTH_PATH", "INSTANCELIST_PATH", "FakeAirudder", "Fault", "RecordedR
 
 AUTH_PATH = "/service/cloud/auth"
 DEFAULT_APP_KEY = "sandbox-app-key"
-DEFAULT_APP_SECRET = "sandbox-app-secret"  # noqa: S105 - a public test credential, not a secret
+DEFAULT_APP_SECRET = "sandbox-app-secret"
 _BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 # Seen in the vendor docs: cancelled, finished. The others are synthetic examples of statuses a client
 # has never heard of, to prove they pass through.
@@ -120,8 +120,9 @@ def _iso(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def make_workflows(n: int, *, seed: int = 0, newest: datetime = _BASE_TIME, step: float = 37.0,
-                   start_index: int = 0) -> list[dict[str, object]]:
+def make_workflows(
+    n: int, *, seed: int = 0, newest: datetime = _BASE_TIME, step: float = 37.0, start_index: int = 0
+) -> list[dict[str, object]]:
     """
     Make *n* deterministic synthetic workflows in wire form, newest first, *step* seconds apart.
     """
@@ -132,16 +133,18 @@ def make_workflows(n: int, *, seed: int = 0, newest: datetime = _BASE_TIME, step
         created = newest - timedelta(seconds=step * k)
         started = None if index % 7 == 3 else created + timedelta(seconds=rng.randint(0, 600))
         ended = None if index % 11 == 5 else created + timedelta(seconds=rng.randint(600, 86_400))
-        out.append({
-            "workflow_id": f"{rng.getrandbits(64):016x}{index:08x}",
-            "name": f"wf-{index}",
-            "template_name": f"template-{index % 5}",
-            "start_time": None if started is None else _iso(started),
-            "end_time": None if ended is None else _iso(ended),
-            "total": rng.randint(0, 5000),
-            "status": _STATUSES[index % len(_STATUSES)],
-            "create_time": _iso(created),
-        })
+        out.append(
+            {
+                "workflow_id": f"{rng.getrandbits(64):016x}{index:08x}",
+                "name": f"wf-{index}",
+                "template_name": f"template-{index % 5}",
+                "start_time": None if started is None else _iso(started),
+                "end_time": None if ended is None else _iso(ended),
+                "total": rng.randint(0, 5000),
+                "status": _STATUSES[index % len(_STATUSES)],
+                "create_time": _iso(created),
+            }
+        )
     return out
 
 
@@ -158,12 +161,20 @@ def _envelope(data: object) -> bytes:
     return _json.dumps({"data": data, "status": "OK", "code": 200})
 
 
-def _error(status: int, message: str, *, code: int | None = None, headers: dict[str, str] | None = None,
-           http_status: int | None = None) -> web.Response:
-    body = _json.dumps({"data": None, "status": "ERROR", "code": code if code is not None else status,
-                        "message": message})
-    return web.Response(status=http_status or status, body=body, content_type="application/json",
-                        headers=headers)
+def _error(
+    status: int,
+    message: str,
+    *,
+    code: int | None = None,
+    headers: dict[str, str] | None = None,
+    http_status: int | None = None,
+) -> web.Response:
+    body = _json.dumps(
+        {"data": None, "status": "ERROR", "code": code if code is not None else status, "message": message}
+    )
+    return web.Response(
+        status=http_status or status, body=body, content_type="application/json", headers=headers
+    )
 
 
 class FakeAirudder:
@@ -243,8 +254,9 @@ class FakeAirudder:
         newest = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
         if self._workflows:
             newest = max(newest, datetime.fromisoformat(str(self._workflows[0]["create_time"])))
-        new = make_workflows(n, seed=self.seed + 1, newest=newest + timedelta(seconds=n), step=1.0,
-                             start_index=self._generated)
+        new = make_workflows(
+            n, seed=self.seed + 1, newest=newest + timedelta(seconds=n), step=1.0, start_index=self._generated
+        )
         self._generated += n
         self._workflows[:0] = new
         self._keys[:0] = [-_parse_ts(w) for w in new]
@@ -281,7 +293,9 @@ class FakeAirudder:
 
     # -- faults --------------------------------------------------------------------------------------
 
-    def inject(self, *faults: Fault, on: int | Iterable[int] | None = None, path: str = INSTANCELIST_PATH) -> None:
+    def inject(
+        self, *faults: Fault, on: int | Iterable[int] | None = None, path: str = INSTANCELIST_PATH
+    ) -> None:
         """
         Show *faults* on the *on*-th request(s) to *path*, counted from now (1, the default, is the next).
 
@@ -294,9 +308,10 @@ class FakeAirudder:
                 raise ValueError("on counts requests from 1 (the next one)")
             self._schedule.setdefault((path, hits + n), []).extend(faults)
 
-    def inject_random(self, faults: Sequence[Fault], *, rate: float, seed: int = 0,
-                      path: str | None = INSTANCELIST_PATH) -> None:
-        """Show one of *faults*, chosen with a seeded RNG, on a *rate* share of requests to *path* (None: all)."""
+    def inject_random(
+        self, faults: Sequence[Fault], *, rate: float, seed: int = 0, path: str | None = INSTANCELIST_PATH
+    ) -> None:
+        """Show one of *faults* (seeded choice) on a *rate* share of requests to *path* (None: all)."""
         if not 0 <= rate <= 1:
             raise ValueError("rate must be within 0..1")
         self._random = (random.Random(seed), rate, tuple(faults), path)
@@ -362,10 +377,15 @@ class FakeAirudder:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if self.record_requests:
-            self.requests.append(RecordedRequest(
-                request.method, request.path, dict(request.query), dict(request.headers),
-                asyncio.get_running_loop().time(),
-            ))
+            self.requests.append(
+                RecordedRequest(
+                    request.method,
+                    request.path,
+                    dict(request.query),
+                    dict(request.headers),
+                    asyncio.get_running_loop().time(),
+                )
+            )
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
@@ -396,7 +416,9 @@ class FakeAirudder:
         elif fault.kind == "malformed":
             return web.Response(status=200, body=b'{"data": {"lists": [', content_type="application/json")
         elif fault.kind == "envelope":
-            return _error(fault.code or 500, "injected error envelope", code=fault.code, http_status=fault.status)
+            return _error(
+                fault.code or 500, "injected error envelope", code=fault.code, http_status=fault.status
+            )
         elif fault.kind == "revoke":
             self.revoke_tokens()
         elif fault.kind == "insert":
@@ -427,8 +449,10 @@ class FakeAirudder:
             body = _json.loads(await request.read())
         except _json.JSONDecodeError:
             return _error(400, "body is not JSON")
-        if not isinstance(body, dict) or not isinstance(body.get("APPKey"), str) or not isinstance(
-            body.get("APPSecret"), str
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("APPKey"), str)
+            or not isinstance(body.get("APPSecret"), str)
         ):
             return _error(400, "APPKey and APPSecret are required")
         if body["APPKey"] != self.app_key or body["APPSecret"] != self.app_secret:
@@ -460,7 +484,7 @@ class FakeAirudder:
         hi = len(self._keys) if start is None else bisect.bisect_right(self._keys, -start)
         matching = max(0, hi - lo)
         first = lo + (page - 1) * size
-        lists = self._workflows[first: min(first + size, hi)] if first < hi else []
+        lists = self._workflows[first : min(first + size, hi)] if first < hi else []
         count = max(0, matching + self.count_offset)
         return web.Response(body=_envelope({"lists": lists, "count": count}), content_type="application/json")
 
