@@ -1,0 +1,444 @@
+"""
+AirudderClient against FakeAirudder over real loopback HTTP: lifecycle, validation, list and walk.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta, timezone
+
+import aiohttp
+import anyio
+import pytest
+
+from airudder_async import AirudderClient, Limits, RetryPolicy, Timeouts
+from airudder_async.errors import (
+    AuthenticationError,
+    DecodeError,
+    NotFoundError,
+    RequestTimeoutError,
+    ServerError,
+    TransportError,
+)
+from airudder_async.models import Page, Workflow
+from airudder_async.testing import AUTH_PATH, INSTANCELIST_PATH, FakeAirudder, Fault
+
+pytestmark = pytest.mark.anyio
+
+LIST = ("GET", INSTANCELIST_PATH)
+AUTH = ("POST", AUTH_PATH)
+
+
+async def test_list_workflows_returns_one_page(fake: FakeAirudder) -> None:
+    """list_workflows() returns the requested page with count, page and size."""
+    fake.add_workflows(30)
+    async with fake.client() as client:
+        page = await client.list_workflows(page=2, size=10)
+    assert isinstance(page, Page)
+    assert (page.count, page.page, page.size) == (30, 2, 10)
+    assert [w.workflow_id for w in page.items] == fake.workflow_ids()[10:20]
+    assert all(isinstance(w, Workflow) for w in page.items)
+    assert page.has_more
+
+
+async def test_walk_of_1000_costs_5_list_requests_and_1_auth() -> None:
+    """1,000 workflows at page size 200 take exactly 5 list requests and 1 auth request, every id once."""
+    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
+        ids = [w.workflow_id async for w in client.iter_workflows(page_size=200)]
+    assert ids == fake.workflow_ids()
+    assert len(set(ids)) == 1000
+    assert fake.hits(*LIST) == 5
+    assert fake.hits(*AUTH) == 1
+
+
+@pytest.mark.parametrize("prefetch", [1, 3, 8])
+async def test_walk_in_order_with_any_prefetch(prefetch: int) -> None:
+    """The walk yields every workflow newest first whatever the prefetch window."""
+    async with FakeAirudder(workflows=437) as fake, fake.client() as client:
+        ids = [w.workflow_id async for w in client.iter_workflows(page_size=20, prefetch=prefetch)]
+    assert ids == fake.workflow_ids()
+    assert fake.hits(*LIST) == 22
+
+
+async def test_every_request_carries_token_and_user_agent() -> None:
+    """Calls after auth send `Authorization: Token <t>` and a User-Agent naming the library."""
+    async with FakeAirudder(workflows=3) as fake, fake.client() as client:
+        await client.list_workflows()
+    auth, listing = fake.requests
+    assert auth.path == AUTH_PATH and "Authorization" not in auth.headers
+    scheme, _, token = listing.headers["Authorization"].partition(" ")
+    assert scheme == "Token" and len(token) == 32
+    assert listing.headers["User-Agent"].startswith("airudder-async/")
+
+
+async def test_200_concurrent_first_calls_share_one_auth(fake: FakeAirudder) -> None:
+    """200 concurrent first calls cause exactly one auth request."""
+    fake.add_workflows(5)
+    async with fake.client(limits=Limits(max_in_flight=16)) as client, anyio.create_task_group() as tg:
+        for _ in range(200):
+            tg.start_soon(client.list_workflows)
+    assert fake.hits(*AUTH) == 1
+    assert fake.hits(*LIST) == 200
+
+
+async def test_bad_credentials_raise_once_without_loop(fake: FakeAirudder) -> None:
+    """Wrong credentials give one AuthenticationError per caller wave, never a loop of auth requests."""
+    client = AirudderClient(app_key=fake.app_key, app_secret="wrong-secret-value", base_url=fake.url)
+    errors: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await client.list_workflows()
+        except AuthenticationError as exc:
+            errors.append(exc)
+
+    async with client, anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(call)
+    assert len(errors) == 20
+    assert fake.hits(*AUTH) == 1
+    assert fake.hits(*LIST) == 0
+    assert "APPKey/APPSecret" in str(errors[0])
+    assert "wrong-secret-value" not in str(errors[0])
+
+
+async def test_expired_token_mid_walk_refreshes_once() -> None:
+    """A token that expires mid-walk is refreshed once and the walk loses nothing."""
+    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
+        walk = client.iter_workflows(page_size=100, prefetch=1)
+        ids = []
+        async for wf in walk:
+            ids.append(wf.workflow_id)
+            if len(ids) == 450:
+                fake.advance(24 * 3600)  # every token is now past its 24 h
+        assert client.stats.token_refreshes == 1
+    assert ids == fake.workflow_ids()
+    assert fake.hits(*AUTH) == 2
+
+
+async def test_proactive_refresh_before_24h(fake: FakeAirudder) -> None:
+    """The client renews its token before the 24 h lifetime ends, without waiting for a 401."""
+    fake.add_workflows(2)
+    now = [1000.0]
+    async with fake.client() as client:
+        assert client._transport is not None
+        client._transport.auth._clock = lambda: now[0]
+        await client.list_workflows()
+        now[0] += 24 * 3600 - 60  # inside the renewal margin
+        await client.list_workflows()
+    assert fake.hits(*AUTH) == 2
+    assert all(r.headers.get("Authorization") for r in fake.requests if r.path == INSTANCELIST_PATH)
+    assert not [r for r in fake.requests if r.path == INSTANCELIST_PATH and r is None]
+
+
+async def test_revoked_token_is_replayed_once_then_fails(fake: FakeAirudder) -> None:
+    """A 401 on an authenticated call refreshes and replays once; a second 401 is an AuthenticationError."""
+    fake.add_workflows(2)
+    async with fake.client() as client:
+        await client.list_workflows()
+        fake.inject(Fault.revoke_token())
+        await client.list_workflows()  # refreshed and replayed
+        fake.inject(Fault.http_status(401), Fault.http_status(401), on=1)
+        fake.inject(Fault.http_status(401), on=2)
+        with pytest.raises(AuthenticationError):
+            await client.list_workflows()
+    assert fake.hits(*AUTH) == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": 201}, "size"),
+        ({"size": 0}, "size"),
+        ({"page": 0}, "page"),
+        ({"start_time": datetime(2026, 1, 1)}, "naive"),
+        ({"end_time": datetime(2026, 1, 1)}, "naive"),
+        (
+            {"start_time": datetime(2026, 1, 2, tzinfo=UTC), "end_time": datetime(2026, 1, 1, tzinfo=UTC)},
+            "after",
+        ),
+    ],
+)
+async def test_list_bad_input_raises_before_sending(fake: FakeAirudder, kwargs: dict[str, object],
+                                                     message: str) -> None:
+    """Bad size, page or times raise ValueError and send nothing."""
+    async with fake.client() as client:
+        with pytest.raises(ValueError, match=message):
+            await client.list_workflows(**kwargs)  # type: ignore[arg-type]  # deliberately wrong values
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"page_size": 0},
+        {"page_size": 201},
+        {"max_items": 0},
+        {"prefetch": 0},
+        {"start_time": datetime(2026, 1, 1)},
+        {"start_time": datetime(2026, 1, 3, tzinfo=UTC), "end_time": datetime(2026, 1, 1, tzinfo=UTC)},
+    ],
+)
+async def test_iter_bad_input_raises_before_sending(fake: FakeAirudder, kwargs: dict[str, object]) -> None:
+    """iter_workflows() validates its arguments at call time, before any request."""
+    async with fake.client() as client:
+        with pytest.raises(ValueError):  # noqa: PT011 - several messages
+            client.iter_workflows(**kwargs)  # type: ignore[arg-type]  # deliberately wrong values
+    assert fake.requests == []
+
+
+async def test_time_filters_are_sent_in_documented_form(fake: FakeAirudder) -> None:
+    """Filters go out as `YYYY-MM-DD HH:MM:SS+HH:MM` and select by creation time, bounds included."""
+    fake.add_workflows(100)
+    created = [datetime.fromisoformat(str(w["create_time"])) for w in fake.workflows]
+    tz = timezone(timedelta(hours=7))
+    since, until = created[60].astimezone(tz), created[20].astimezone(tz)
+    async with fake.client() as client:
+        got = [w.workflow_id async for w in client.iter_workflows(start_time=since, end_time=until, page_size=7)]
+    assert got == fake.workflow_ids()[20:61]
+    query = fake.requests[-1].query
+    assert query["start_time"] == since.strftime("%Y-%m-%d %H:%M:%S+07:00")
+    assert query["end_time"] == until.strftime("%Y-%m-%d %H:%M:%S+07:00")
+
+
+async def test_max_items_stops_early_without_extra_pages() -> None:
+    """max_items ends the walk after that many items and requests no page beyond them."""
+    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
+        got = [w.workflow_id async for w in client.iter_workflows(page_size=50, max_items=120, prefetch=1)]
+    assert got == fake.workflow_ids()[:120]
+    assert fake.hits(*LIST) == 3
+
+
+async def test_lying_count_ends_walk_and_reports_shortfall(caplog: pytest.LogCaptureFixture) -> None:
+    """A count larger than the data ends the walk at the short page, without extra requests, and says so."""
+    async with FakeAirudder(workflows=450) as fake, fake.client() as client:
+        fake.count_offset = 1000
+        walk = client.iter_workflows(page_size=100, prefetch=1)
+        with caplog.at_level(logging.WARNING, logger="airudder_async"):
+            ids = [w.workflow_id async for w in walk]
+    assert ids == fake.workflow_ids()
+    assert fake.hits(*LIST) == 5
+    assert walk.shortfall == 1000
+    assert walk.count == 1450
+    assert "promised 1450" in caplog.text
+
+
+async def test_lying_count_on_page_boundary_stops_at_empty_page() -> None:
+    """When the data ends exactly on a page boundary, one empty page ends the walk."""
+    async with FakeAirudder(workflows=400) as fake, fake.client() as client:
+        fake.count_offset = 50
+        walk = client.iter_workflows(page_size=100, prefetch=1)
+        ids = [w.workflow_id async for w in walk]
+    assert ids == fake.workflow_ids()
+    assert fake.hits(*LIST) == 5
+    assert walk.shortfall == 50
+
+
+async def test_lying_count_with_prefetch_cancels_speculative_pages() -> None:
+    """With prefetch the walk still yields each item once and stops requesting after the short page."""
+    async with FakeAirudder(workflows=450) as fake, fake.client() as client:
+        fake.count_offset = 10_000
+        walk = client.iter_workflows(page_size=100, prefetch=4)
+        ids = [w.workflow_id async for w in walk]
+        sent = client.stats.requests
+        await anyio.sleep(0.05)
+        assert client.stats.requests == sent  # nothing new goes out once the short page is seen
+    assert ids == fake.workflow_ids()
+    assert walk.shortfall == 10_000
+    assert fake.hits(*LIST) <= 5 + 4
+
+
+async def test_count_smaller_than_data_follows_the_data() -> None:
+    """A count smaller than what the server delivers does not cut the walk short."""
+    async with FakeAirudder(workflows=450) as fake, fake.client() as client:
+        fake.count_offset = -300
+        ids = [w.workflow_id async for w in client.iter_workflows(page_size=100, prefetch=4)]
+    assert ids == fake.workflow_ids()
+
+
+async def test_empty_list(fake: FakeAirudder) -> None:
+    """A walk over no workflows yields nothing after one request."""
+    async with fake.client() as client:
+        walk = client.iter_workflows()
+        assert [w async for w in walk] == []
+    assert fake.hits(*LIST) == 1
+    assert walk.shortfall == 0
+
+
+async def test_cursor_resumes_after_failure() -> None:
+    """A failed walk raises a typed error whose cursor resumes to exactly the remaining items."""
+    async with FakeAirudder(workflows=500) as fake, fake.client() as client:
+        fake.inject(Fault.malformed_json(), on=3)
+        got: list[str] = []
+        with pytest.raises(DecodeError) as info:
+            async for wf in client.iter_workflows(page_size=100, prefetch=1):
+                got.append(wf.workflow_id)
+        cursor = info.value.cursor
+        assert cursor is not None and cursor.page == 3
+        async for wf in client.iter_workflows(cursor=cursor):
+            got.append(wf.workflow_id)
+    assert got == fake.workflow_ids()
+
+
+async def test_cursor_mid_page_resume_and_json_round_trip() -> None:
+    """A cursor taken mid-page survives JSON and resumes right after the last item yielded."""
+    from airudder_async.models import Cursor
+
+    async with FakeAirudder(workflows=300) as fake, fake.client() as client:
+        walk = client.iter_workflows(page_size=100)
+        got = []
+        async for wf in walk:
+            got.append(wf.workflow_id)
+            if len(got) == 142:
+                break
+        saved = walk.cursor.to_json()
+        await walk.aclose()
+        resumed = Cursor.from_json(saved)
+        assert (resumed.page, resumed.received) == (2, 142)
+        got += [w.workflow_id async for w in client.iter_workflows(cursor=resumed)]
+    assert got == fake.workflow_ids()
+
+
+async def test_cursor_conflicts_with_window(fake: FakeAirudder) -> None:
+    """Passing a cursor together with a time window is refused."""
+    from airudder_async.models import Cursor
+
+    async with fake.client() as client:
+        with pytest.raises(ValueError, match="cursor"):
+            client.iter_workflows(cursor=Cursor(page=2, page_size=10), start_time=datetime.now(UTC))
+
+
+async def test_closed_and_unopened_clients_refuse_calls(fake: FakeAirudder) -> None:
+    """Calling an unopened or closed client raises RuntimeError saying so; aclose() is idempotent."""
+    client = fake.client()
+    with pytest.raises(RuntimeError, match="async with"):
+        await client.list_workflows()
+    async with client:
+        pass
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.list_workflows()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.__aenter__()
+
+
+async def test_user_session_is_never_closed(fake: FakeAirudder) -> None:
+    """A session passed in by the user stays open after the client closes."""
+    fake.add_workflows(1)
+    async with aiohttp.ClientSession() as session:
+        async with fake.client(session=session) as client:
+            await client.list_workflows()
+        assert not session.closed
+
+
+async def test_http_base_url_refused_unless_loopback() -> None:
+    """Plain http is refused for a remote host and allowed for loopback."""
+    with pytest.raises(ValueError, match="http"):
+        AirudderClient(app_key="k", app_secret="s", base_url="http://api.airudder.com")
+    for url in ("http://127.0.0.1:1", "http://localhost:1", "http://[::1]:1", "https://api.airudder.com"):
+        AirudderClient(app_key="k", app_secret="s", base_url=url)
+    with pytest.raises(ValueError, match="http"):
+        AirudderClient(app_key="k", app_secret="s", base_url="ftp://x")
+
+
+def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """from_env() reads the three variables and names the missing ones."""
+    env = {"AIRUDDER_APP_KEY": "key-1234567", "AIRUDDER_APP_SECRET": "s3cr3t-value",
+           "AIRUDDER_BASE_URL": "http://127.0.0.1:9"}
+    client = AirudderClient.from_env(env)
+    assert client.base_url == "http://127.0.0.1:9"
+    with pytest.raises(RuntimeError, match="AIRUDDER_APP_SECRET"):
+        AirudderClient.from_env({"AIRUDDER_APP_KEY": "k"})
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert AirudderClient.from_env().base_url == "http://127.0.0.1:9"
+
+
+def test_repr_hides_secret() -> None:
+    """The client's repr shows neither the secret nor the full key."""
+    client = AirudderClient(app_key="my-app-key-123", app_secret="super-secret-xyz")
+    text = repr(client)
+    assert "super-secret-xyz" not in text and "my-app-key-123" not in text
+
+
+async def test_server_error_after_retries_is_typed(fake: FakeAirudder) -> None:
+    """A 503 that persists raises ServerError after the configured attempts."""
+    fake.add_workflows(1)
+    async with fake.client(retry=RetryPolicy(attempts=3, backoff_initial=0)) as client:
+        await client.list_workflows()
+        fake.inject(Fault.http_status(503), on=[1, 2, 3])
+        with pytest.raises(ServerError) as info:
+            await client.list_workflows()
+    assert info.value.status == 503
+    assert fake.hits(*LIST) == 4
+    assert client.stats.retries == {"503": 2}
+
+
+async def test_connection_refused_is_transport_error() -> None:
+    """Nothing listening gives a TransportError, not an aiohttp exception."""
+    async with FakeAirudder() as fake:
+        url = fake.url
+    client = AirudderClient(app_key="k", app_secret="s", base_url=url,
+                            retry=RetryPolicy(attempts=2, backoff_initial=0))
+    async with client:
+        with pytest.raises(TransportError) as info:
+            await client.list_workflows()
+    assert not isinstance(info.value, RequestTimeoutError)
+    assert client.stats.retries == {"transport": 1}
+
+
+async def test_slow_answer_times_out_then_retries(fake: FakeAirudder) -> None:
+    """An answer slower than the timeout is a timeout, retried; a persistent one is RequestTimeoutError."""
+    fake.add_workflows(3)
+    async with fake.client(timeouts=Timeouts(total=0.2), retry=RetryPolicy(attempts=2, backoff_initial=0)) as c:
+        fake.inject(Fault.slow(0.5))
+        page = await c.list_workflows()
+        assert len(page.items) == 3
+        fake.inject(Fault.slow(0.5), on=[1, 2])
+        with pytest.raises(RequestTimeoutError) as info:
+            await c.list_workflows()
+    assert isinstance(info.value, TimeoutError)
+    assert c.stats.retries == {"timeout": 2}
+
+
+async def test_unknown_path_is_not_found(fake: FakeAirudder) -> None:
+    """The generic call maps a 404 to NotFoundError."""
+    async with fake.client() as client:
+        with pytest.raises(NotFoundError):
+            await client.request("GET", "/service/cloud/nothing-here")
+
+
+async def test_stats_and_event_hook(fake: FakeAirudder) -> None:
+    """The event hook sees request, response and retry events; stats count them."""
+    fake.add_workflows(3)
+    events = []
+    async with fake.client(event_hook=events.append) as client:
+        fake.inject(Fault.rate_limited(0))
+        await client.list_workflows()
+    kinds = [(e.kind, e.path, e.status) for e in events]
+    assert kinds == [
+        ("request", AUTH_PATH, None),
+        ("response", AUTH_PATH, 200),
+        ("request", INSTANCELIST_PATH, None),
+        ("response", INSTANCELIST_PATH, 429),
+        ("retry", INSTANCELIST_PATH, 429),
+        ("request", INSTANCELIST_PATH, None),
+        ("response", INSTANCELIST_PATH, 200),
+    ]
+    stats = client.stats
+    assert (stats.requests, stats.responses, stats.rate_limited, stats.auth_requests) == (3, 3, 1, 1)
+    assert stats.retries == {"429": 1} and stats.total_retries == 1
+
+
+async def test_event_hook_errors_are_logged_not_raised(fake: FakeAirudder,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A failing event hook never breaks a call."""
+    fake.add_workflows(1)
+
+    def hook(_event: object) -> None:
+        raise RuntimeError("hook failed")
+
+    async with fake.client(event_hook=hook) as client:
+        page = await client.list_workflows()
+    assert len(page.items) == 1
+    assert "event_hook raised" in caplog.text
