@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import attrs
 from multidict import CIMultiDictProxy
 
@@ -415,6 +416,9 @@ class Transport:
         if token is not None:
             headers = {**headers, "Authorization": f"Token {token}"}
         async with self.pacer.slot():
+            # A call cancelled while it queued must not reach the wire (aiohttp may write before it
+            # first suspends, so cancellation would only land after the request went out).
+            await anyio.lowlevel.checkpoint_if_cancelled()
             self.counters.requests += 1
             self._emit(RequestEvent(kind="request", method=method, path=path, attempt=attempt))
             started = anyio.current_time()
