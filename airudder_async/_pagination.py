@@ -56,6 +56,18 @@ class _Slot:
         self.error: BaseException | None = None
 
 
+async def _run_slot(slot: _Slot, fetch: FetchPage) -> None:
+    try:
+        with slot.scope:
+            slot.result = await fetch(slot.page)
+    except Exception as exc:
+        slot.error = exc
+    finally:
+        if slot.result is None and slot.error is None:
+            slot.error = RuntimeError("the request was cancelled")
+        slot.done.set()
+
+
 class WorkflowIterator:
     """
     An async iterator over every workflow of a walk, newest first, fetching up to *prefetch* pages ahead.
@@ -252,18 +264,9 @@ class WorkflowIterator:
             slot = _Slot(self._next_request)
             self._next_request += 1
             self._slots.append(slot)
-            self._tg.start_soon(self._run_slot, slot)
-
-    async def _run_slot(self, slot: _Slot) -> None:
-        try:
-            with slot.scope:
-                slot.result = await self._fetch(slot.page)
-        except Exception as exc:
-            slot.error = exc
-        finally:
-            if slot.result is None and slot.error is None:
-                slot.error = RuntimeError("the request was cancelled")
-            slot.done.set()
+            # The task must not hold the iterator: a consumer that drops it after `break` lets
+            # __del__ run and cancel the requests still in flight.
+            self._tg.start_soon(_run_slot, slot, self._fetch, name=f"airudder_async._run_slot[{slot.page}]")
 
     # -- ending ------------------------------------------------------------------------------------
 
@@ -306,4 +309,8 @@ class WorkflowIterator:
     def __del__(self) -> None:
         # A `break` out of `async for` drops the iterator without aclose(): stop its requests anyway.
         for slot in getattr(self, "_slots", ()):
-            slot.scope.cancel()
+            if not slot.done.is_set():
+                try:
+                    slot.scope.cancel()
+                except RuntimeError:  # the event loop is gone, and its tasks with it
+                    pass

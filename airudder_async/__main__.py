@@ -1,0 +1,119 @@
+"""
+The `airudder-async` command (also `python -m airudder_async`): the argparse parser and the entry points.
+
+The work happens in `_cli.run()`; `amain()` runs it in the caller's event loop (tests use that), and
+`main()` starts one with `anyio.run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import BinaryIO, TextIO
+
+import anyio
+
+from ._cli import PROG, aware_time, int_between, program, run
+from ._config import DEFAULT_PAGE_SIZE, DEFAULT_PREFETCH, MAX_PAGE_SIZE
+
+__all__ = ["amain", "build_parser", "main"]
+
+_SANDBOX_DEFAULT = 1000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser for both subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Read workflows from the AIRUDDER API. Credentials come from AIRUDDER_APP_KEY and "
+        "AIRUDDER_APP_SECRET (and optionally AIRUDDER_BASE_URL), or use --sandbox.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    walk = common.add_argument_group("walk options")
+    walk.add_argument("--since", type=aware_time, metavar="TIME",
+                      help="only workflows created at or after TIME (ISO 8601 with an offset, e.g. "
+                      "2026-01-01T00:00:00Z or '2026-01-01 00:00:00+07:00')")
+    walk.add_argument("--until", type=aware_time, metavar="TIME",
+                      help="only workflows created at or before TIME (default: when the walk starts)")
+    walk.add_argument("--page-size", type=int_between(1, MAX_PAGE_SIZE), default=DEFAULT_PAGE_SIZE,
+                      metavar="N", help=f"workflows per request, 1..{MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE})")
+    walk.add_argument("--max-items", type=int_between(1), metavar="N", help="stop after N workflows")
+    walk.add_argument("--prefetch", type=int_between(1), default=DEFAULT_PREFETCH, metavar="N",
+                      help=f"pages requested ahead (default {DEFAULT_PREFETCH}; 1: one request at a time)")
+    walk.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="show progress on stderr (default: only when stderr is a terminal)")
+    sandbox = common.add_argument_group("sandbox")
+    sandbox.add_argument("--sandbox", type=int_between(0), nargs="?", const=_SANDBOX_DEFAULT, metavar="N",
+                         help="ignore the environment and walk N synthetic workflows (default "
+                         f"{_SANDBOX_DEFAULT}) served by a fake AIRUDDER server inside this process")
+    sandbox.add_argument("--sandbox-latency", type=float, default=0.0, metavar="SECONDS",
+                         help="delay every sandbox answer by SECONDS (to watch progress)")
+
+    commands.add_parser(
+        "workflows", parents=[common], help="stream every workflow to stdout as JSON lines",
+        description="Stream every workflow, newest first, to stdout: one JSON object per line.",
+    )
+    export = commands.add_parser(
+        "export", parents=[common], help="write every workflow to a file that survives interruptions",
+        description="Write every workflow, newest first, to a file. A checkpoint after each page lets "
+        "--resume finish an export that died, with every workflow exactly once.",
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="the output file ('-' or absent: stdout)")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                        help="JSON lines (default) or CSV with a header row")
+    export.add_argument("--checkpoint", metavar="PATH",
+                        help="the checkpoint file (default: FILE.checkpoint.json; needed to resume to stdout)")
+    export.add_argument("--resume", action="store_true",
+                        help="continue the export recorded in the checkpoint")
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.since is not None and args.until is not None and args.since > args.until:
+        parser.error(f"--since {args.since.isoformat()} is after --until {args.until.isoformat()}")
+    if args.sandbox_latency < 0:
+        parser.error("--sandbox-latency must be >= 0")
+    if args.command == "export" and args.resume and args.output in (None, "-") and not args.checkpoint:
+        parser.error("--resume with output to stdout needs --checkpoint PATH")
+    return args
+
+
+async def amain(
+    argv: Sequence[str] | None = None, *, stdout: BinaryIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """
+    Run the command line *argv* (default: `sys.argv[1:]`) in the running event loop; return the exit status.
+    """
+    if argv is None:
+        argv = sys.argv[1:]
+        command = [*program(), *argv]
+    else:
+        command = [PROG, *argv]
+    try:
+        args = _parse(build_parser(), argv)
+    except SystemExit as exc:  # argparse exits on --help and on errors; report the status instead
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return await run(
+        args,
+        command=command,
+        stdout=sys.stdout.buffer if stdout is None else stdout,
+        stderr=sys.stderr if stderr is None else stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    The console script: run the command line *argv* (default: `sys.argv[1:]`) and return the exit status.
+    """
+    try:
+        return anyio.run(amain, argv)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""
+The walk: the pure stop rule, prefetch ordering and teardown, snapshots, de-duplication and drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from contextlib import aclosing
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from airudder_async._pagination import last_page, pages_left
+from airudder_async.models import Cursor
+from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault
+
+LIST = ("GET", INSTANCELIST_PATH)
+
+
+def test_pages_left_rules() -> None:
+    """Short and empty pages end the walk; reaching count ends it; a stale low count is followed."""
+    assert pages_left(size=10, count=100, received=10, got=10)
+    assert not pages_left(size=10, count=100, received=15, got=5)
+    assert not pages_left(size=10, count=100, received=10, got=0)
+    assert not pages_left(size=10, count=20, received=20, got=10)
+    assert pages_left(size=10, count=15, received=20, got=10)  # delivered beyond count
+    assert last_page(0, 10) == 1 and last_page(10, 10) == 1 and last_page(11, 10) == 2
+
+
+@given(n=st.integers(0, 2000), size=st.integers(1, 200), offset=st.integers(-500, 500))
+def test_stop_rule_walk_terminates_and_covers_data(n: int, size: int, offset: int) -> None:
+    """Simulated walks over any data and any lying count end after at most one page past the data."""
+    count = max(0, n + offset)
+    page, received, requests = 1, 0, 0
+    while True:
+        got = max(0, min(size, n - (page - 1) * size))
+        requests += 1
+        received += got
+        if not pages_left(size=size, count=count, received=(page - 1) * size + got, got=got):
+            break
+        page += 1
+        assert requests <= n // size + 2
+    assert received == n or (received == count and received % size == 0 and received < n)
+    assert requests <= n // size + 1
+
+
+def _client_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if "_run_slot" in t.get_name()]
+
+
+def _open_connections(client: object) -> int:
+    session = client._session  # type: ignore[attr-defined]  # test peeks at the client's own session
+    return len(session.connector._acquired)
+
+
+@pytest.mark.anyio
+async def test_break_with_prefetch_leaves_nothing_behind() -> None:
+    """`break` after the first item with prefetch 8 leaves no pending task or busy connection."""
+    async with FakeAirudder(workflows=5000, latency=0.05) as fake, fake.client() as client:
+        async for _wf in client.iter_workflows(page_size=100, prefetch=8):
+            await anyio.sleep(0.01)  # let the prefetch requests go out
+            break
+        gc.collect()
+        for _ in range(5):
+            await anyio.sleep(0)
+        assert _client_tasks() == []
+        assert _open_connections(client) == 0
+        sent = client.stats.requests
+        await anyio.sleep(0.1)
+        assert client.stats.requests == sent
+    assert fake.hits(*LIST) <= 9
+
+
+@pytest.mark.anyio
+async def test_aclose_stops_in_flight_requests() -> None:
+    """aclose() cancels prefetch requests and waits until they are gone."""
+    async with FakeAirudder(workflows=5000, latency=0.05) as fake, fake.client() as client:
+        walk = client.iter_workflows(page_size=100, prefetch=8)
+        async with aclosing(walk):
+            await walk.__anext__()
+            await anyio.sleep(0.01)
+            assert len(_client_tasks()) > 0
+        assert _client_tasks() == [] and _open_connections(client) == 0
+        assert walk.is_finished
+        assert [w async for w in walk] == []
+        await walk.aclose()  # idempotent
+        assert fake.in_flight >= 0
+
+
+@pytest.mark.anyio
+async def test_consumer_exception_and_cancellation_stop_the_walk() -> None:
+    """An exception in the consumer or a cancelled consumer leaves no prefetch task behind."""
+    async with FakeAirudder(workflows=3000, latency=0.05) as fake, fake.client() as client:
+        with pytest.raises(KeyError):
+            async with client.iter_workflows(page_size=100) as walk:
+                async for _ in walk:
+                    raise KeyError("consumer bug")
+        assert _client_tasks() == []
+        with anyio.move_on_after(0.08):
+            async with client.iter_workflows(page_size=100) as walk:
+                async for _ in walk:
+                    await anyio.sleep(0.01)
+        assert _client_tasks() == [] and _open_connections(client) == 0
+        assert fake.hits(*LIST) < 30
+
+
+@pytest.mark.anyio
+async def test_prefetch_window_is_bounded() -> None:
+    """At most *prefetch* pages are requested ahead of the page being read."""
+    async with FakeAirudder(workflows=4000) as fake, fake.client() as client:
+        walk = client.iter_workflows(page_size=100, prefetch=4)
+        seen = 0
+        async for _ in walk:
+            seen += 1
+            if seen % 100 == 1:
+                await anyio.sleep(0.01)
+                page_being_read = (seen - 1) // 100 + 1
+                assert fake.hits(*LIST) <= page_being_read + 4
+                assert len(walk._slots) <= 4
+    assert seen == 4000
+
+
+@pytest.mark.anyio
+async def test_snapshot_ignores_workflows_created_during_the_walk() -> None:
+    """50 workflows inserted at the head midway: the walk yields exactly those that existed, each once."""
+    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
+        before = fake.workflow_ids()
+        fake.inject(Fault.insert_head(50), on=3)
+        walk = client.iter_workflows(page_size=100, prefetch=1)
+        ids = [w.workflow_id async for w in walk]
+    assert ids == before
+    assert len(fake.workflows) == 1050
+    assert walk.end_time is not None and walk.count == 1000 and walk.count_drift == 0
+
+
+@pytest.mark.anyio
+async def test_unpinned_walk_dedupes_shifted_items() -> None:
+    """Without a snapshot, items pushed onto the next page by new ones are yielded once, not twice."""
+    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
+        before = fake.workflow_ids()
+        fake.inject(Fault.insert_head(30), on=3)
+        walk = client.iter_workflows(page_size=100, prefetch=1, snapshot=False)
+        ids = [w.workflow_id async for w in walk]
+    assert ids == before
+    assert walk.duplicates_skipped == 30
+    assert walk.count_drift == 30
+
+
+@pytest.mark.anyio
+async def test_resumed_walk_sees_the_same_snapshot() -> None:
+    """A cursor carries the pinned window, so a resumed walk ignores workflows created in between."""
+    async with FakeAirudder(workflows=600) as fake, fake.client() as client:
+        before = fake.workflow_ids()
+        walk = client.iter_workflows(page_size=100)
+        got = []
+        async for wf in walk:
+            got.append(wf.workflow_id)
+            if len(got) == 250:
+                break
+        cursor = Cursor.from_json(walk.cursor.to_json())
+        await walk.aclose()
+        fake.insert_head(80)
+        got += [w.workflow_id async for w in client.iter_workflows(cursor=cursor)]
+    assert got == before
+
+
+@pytest.mark.anyio
+async def test_walk_error_with_prefetch_carries_cursor() -> None:
+    """A failing prefetched page raises when reached, with a cursor after the last full page."""
+    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
+        fake.inject(Fault.malformed_json(), on=4)
+        got: list[str] = []
+        walk = client.iter_workflows(page_size=100, prefetch=8)
+        with pytest.raises(Exception) as info:  # noqa: PT011 - type checked below
+            async for wf in walk:
+                got.append(wf.workflow_id)
+        cursor = info.value.cursor  # type: ignore[attr-defined]  # AirudderError
+        assert len(got) == 300 and cursor.page == 4
+        assert [w async for w in walk] == []
+        got += [w.workflow_id async for w in client.iter_workflows(cursor=cursor)]
+    assert got == fake.workflow_ids()
