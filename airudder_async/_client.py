@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import platform
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
@@ -34,11 +35,25 @@ from ._pagination import WorkflowIterator
 from ._ratelimit import Pacer
 from ._session import Response, Transport
 from .errors import DecodeError
-from .models import ClientStats, Cursor, Page, RequestEvent, Workflow
+from .models import (
+    ClientStats,
+    CreatedWorkflow,
+    Cursor,
+    Page,
+    RequestEvent,
+    TaskDetail,
+    Workflow,
+    WorkflowMatches,
+)
 
 __all__ = ["INSTANCELIST_PATH", "AirudderClient"]
 
 INSTANCELIST_PATH = "/service/cloud/workflow/instancelist"
+CREATEINSTANCE_PATH = "/service/cloud/workflow/createinstance"
+DETAILINSTANCES_PATH = "/service/cloud/workflow/detailinstances"
+APINOTICEINFO_PATH = "/service/cloud/workflow/apinoticeinfo"
+TASKDETAIL_PATH = "/service/cloud/workflow/taskdetail"
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 def _version() -> str:
@@ -80,6 +95,45 @@ def _check_window(start_time: datetime | None, end_time: datetime | None) -> Non
                 raise ValueError(f"{name} is naive: pass a timezone-aware datetime (e.g. tzinfo=UTC)")
     if start_time is not None and end_time is not None and start_time > end_time:
         raise ValueError(f"start_time {start_time.isoformat()} is after end_time {end_time.isoformat()}")
+
+
+def _check_e164(name: str, value: object) -> str:
+    if not isinstance(value, str) or not _E164.fullmatch(value):
+        raise ValueError(f"{name} must be an E.164 phone number like +8613711112222, got {value!r}")
+    return value
+
+
+def _check_text(name: str, value: object, *, required: bool = True) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def _merge_extra(body: dict[str, object], extra: Mapping[str, object] | None) -> dict[str, object]:
+    if extra:
+        clash = sorted(set(extra) & set(body))
+        if clash:
+            raise ValueError(f"extra repeats documented fields {clash}: pass them as arguments")
+        body.update(extra)
+    return body
+
+
+def _ids_in(data: object) -> tuple[str, ...]:
+    """Collect workflow ids from data, data.lists or data.list (the shape is undocumented)."""
+    rows: object = data
+    if isinstance(data, dict):
+        rows = data.get("lists", data.get("list", [data]))
+    if not isinstance(rows, list):
+        return ()
+    return tuple(
+        r["workflow_id"] for r in rows if isinstance(r, dict) and isinstance(r.get("workflow_id"), str)
+    )
+
+
+def _str_or_none(data: object, key: str) -> str | None:
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _check_size(name: str, value: int) -> None:
@@ -358,6 +412,116 @@ class AirudderClient:
             max_items=max_items,
             prefetch=prefetch,
             cursor=cursor,
+        )
+
+    # -- other workflow calls (answers undocumented: typed where known, data kept whole) ---------------
+
+    async def create_workflow(
+        self,
+        *,
+        workflow_template_id: int,
+        name: str,
+        end_time: datetime,
+        workflow_template_name: str | None = None,
+        workflow_name: str | None = None,
+        auto_finish: int = 2,
+        extra: Mapping[str, object] | None = None,
+        retry_unsafe: bool = False,
+    ) -> CreatedWorkflow:
+        """
+        Create a workflow task from a template (`POST /service/cloud/workflow/createinstance`).
+
+        *extra* carries fields the vendor uses but does not document. The call is not retried on
+        failure (it could create the task twice) unless *retry_unsafe* is true.
+        """
+        if type(workflow_template_id) is not int:
+            raise TypeError(f"workflow_template_id must be an int, got {type(workflow_template_id).__name__}")
+        _check_text("name", name)
+        _check_text("workflow_template_name", workflow_template_name, required=False)
+        _check_text("workflow_name", workflow_name, required=False)
+        if type(auto_finish) is not int:
+            raise TypeError(f"auto_finish must be an int, got {type(auto_finish).__name__}")
+        _check_window(None, end_time)
+        if end_time is None:
+            raise ValueError("end_time is required")
+        body: dict[str, object] = {
+            "workflow_template_id": workflow_template_id,
+            "name": name,
+            "auto_finish": auto_finish,
+            "end_time": format_time(end_time),
+        }
+        if workflow_template_name is not None:
+            body["workflow_template_name"] = workflow_template_name
+        if workflow_name is not None:
+            body["workflow_name"] = workflow_name
+        data = await self.request(
+            "POST", CREATEINSTANCE_PATH, json=_merge_extra(body, extra), idempotent=retry_unsafe
+        )
+        return CreatedWorkflow(workflow_id=_str_or_none(data, "workflow_id"), data=data)
+
+    async def find_workflows(
+        self,
+        *,
+        start_time: datetime,
+        end_time: datetime,
+        case_id: str | None = None,
+        callee: str | None = None,
+    ) -> WorkflowMatches:
+        """
+        Find workflows by *case_id* and/or *callee* (E.164) in a time window (`detailinstances`).
+        """
+        if start_time is None or end_time is None:
+            raise ValueError("start_time and end_time are required")
+        _check_window(start_time, end_time)
+        _check_text("case_id", case_id, required=False)
+        if case_id is None and callee is None:
+            raise ValueError("pass case_id, callee or both")
+        body: dict[str, object] = {"start_time": format_time(start_time), "end_time": format_time(end_time)}
+        if case_id is not None:
+            body["case_id"] = case_id
+        if callee is not None:
+            body["callee"] = _check_e164("callee", callee)
+        # A lookup changes nothing, so it is safe to retry.
+        data = await self.request("POST", DETAILINSTANCES_PATH, json=body, idempotent=True)
+        return WorkflowMatches(workflow_ids=_ids_in(data), data=data)
+
+    async def verify_api_notice(
+        self, *, workflow_id: str, node_id: str, callee: str, case_id: str | None = None
+    ) -> object:
+        """
+        Ask AIRUDDER to verify a custom API node data push (`apinoticeinfo`); return the answer's data.
+        """
+        _check_text("workflow_id", workflow_id)
+        _check_text("node_id", node_id)
+        _check_text("case_id", case_id, required=False)
+        body: dict[str, object] = {
+            "workflow_id": workflow_id,
+            "node_id": node_id,
+            "callee": _check_e164("callee", callee),
+        }
+        if case_id is not None:
+            body["case_id"] = case_id
+        return await self.request("POST", APINOTICEINFO_PATH, json=body, idempotent=False)
+
+    async def get_task_detail(self, *, fields: Mapping[str, object], retry: bool = True) -> TaskDetail:
+        """
+        Get the outbound task details of a workflow (`taskdetail`); its request *fields* are undocumented.
+
+        A read, so it is retried unless *retry* is false.
+        """
+        if not isinstance(fields, Mapping) or not fields:
+            raise ValueError("fields must be a non-empty mapping of the request's fields")
+        data = await self.request("POST", TASKDETAIL_PATH, json=dict(fields), idempotent=retry)
+        rows = data.get("lists", data.get("list", data.get("records"))) if isinstance(data, dict) else data
+        records = tuple(r for r in rows if isinstance(r, dict)) if isinstance(rows, list) else ()
+        return TaskDetail(
+            workflow_id=_str_or_none(data, "workflow_id"),
+            workflow_name=_str_or_none(data, "workflow_name"),
+            nodetask_id=_str_or_none(data, "nodetask_id"),
+            nodetask_name=_str_or_none(data, "nodetask_name"),
+            case_id=_str_or_none(data, "case_id"),
+            records=records,
+            data=data,
         )
 
     async def _fetch_page(

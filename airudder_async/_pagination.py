@@ -4,6 +4,7 @@ Walking `instancelist` page by page: the stop rule (pure) and the prefetching it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import deque
@@ -310,7 +311,5 @@ class WorkflowIterator:
         # A `break` out of `async for` drops the iterator without aclose(): stop its requests anyway.
         for slot in getattr(self, "_slots", ()):
             if not slot.done.is_set():
-                try:
+                with contextlib.suppress(RuntimeError):  # the loop is gone, and its tasks with it
                     slot.scope.cancel()
-                except RuntimeError:  # the event loop is gone, and its tasks with it
-                    pass

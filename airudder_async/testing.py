@@ -30,10 +30,28 @@ import attrs
 from aiohttp import web
 
 from . import _json
-from ._client import INSTANCELIST_PATH, AirudderClient
+from ._client import (
+    APINOTICEINFO_PATH,
+    CREATEINSTANCE_PATH,
+    DETAILINSTANCES_PATH,
+    INSTANCELIST_PATH,
+    TASKDETAIL_PATH,
+    AirudderClient,
+)
 from ._config import RetryPolicy
 
-__all__ = ["AUTH_PATH", "INSTANCELIST_PATH", "FakeAirudder", "Fault", "RecordedRequest", "make_workflows"]
+__all__ = [
+    "APINOTICEINFO_PATH",
+    "AUTH_PATH",
+    "CREATEINSTANCE_PATH",
+    "DETAILINSTANCES_PATH",
+    "INSTANCELIST_PATH",
+    "TASKDETAIL_PATH",
+    "FakeAirudder",
+    "Fault",
+    "RecordedRequest",
+    "make_workflows",
+]
 
 AUTH_PATH = "/service/cloud/auth"
 DEFAULT_APP_KEY = "sandbox-app-key"
@@ -212,6 +230,7 @@ class FakeAirudder:
         self._host, self._port = host, port
         self._tokens: dict[str, float] = {}
         self._workflows: list[dict[str, object]] = []
+        self._contacts: dict[str, list[tuple[str, str]]] = {}
         self._keys: list[float] = []  # -create_time, ascending, parallel to _workflows
         self._generated = 0
         self._schedule: dict[tuple[str, int], list[Fault]] = {}
@@ -263,7 +282,11 @@ class FakeAirudder:
         return new
 
     def create_workflow(self, fields: dict[str, object]) -> dict[str, object]:
-        """Create one workflow at the head from *fields* (wire names); return it."""
+        """
+        Create one workflow at the head from createinstance *fields* (wire names); return it.
+
+        `case_id`/`callee`, top level or in a `lists` of contacts, are remembered for detailinstances.
+        """
         created = datetime.now(UTC).replace(microsecond=0)
         if self._workflows:
             created = max(created, datetime.fromisoformat(str(self._workflows[0]["create_time"])))
@@ -279,6 +302,10 @@ class FakeAirudder:
         }
         self._workflows.insert(0, wf)
         self._keys.insert(0, -_parse_ts(wf))
+        contacts = [fields, *[c for c in _as_list(fields.get("lists")) if isinstance(c, dict)]]
+        self._contacts[str(wf["workflow_id"])] = [
+            (str(c.get("case_id", "")), str(c.get("callee", ""))) for c in contacts
+        ]
         return wf
 
     # -- clock and tokens ----------------------------------------------------------------------------
@@ -332,6 +359,10 @@ class FakeAirudder:
         app = web.Application(middlewares=[self._middleware], client_max_size=1024 * 1024)
         app.router.add_post(AUTH_PATH, self._auth)
         app.router.add_get(INSTANCELIST_PATH, self._instancelist)
+        app.router.add_post(CREATEINSTANCE_PATH, self._createinstance)
+        app.router.add_post(DETAILINSTANCES_PATH, self._detailinstances)
+        app.router.add_post(APINOTICEINFO_PATH, self._apinoticeinfo)
+        app.router.add_post(TASKDETAIL_PATH, self._taskdetail)
         return app
 
     async def __aenter__(self) -> Self:
@@ -489,6 +520,105 @@ class FakeAirudder:
         lists = self._workflows[first : min(first + size, hi)] if first < hi else []
         count = max(0, matching + self.count_offset)
         return web.Response(body=_envelope({"lists": lists, "count": count}), content_type="application/json")
+
+    async def _json_body(
+        self, request: web.Request, required: dict[str, type]
+    ) -> dict[str, Any] | web.Response:
+        refused = self._authorized(request)
+        if refused is not None:
+            return refused
+        try:
+            body = _json.loads(await request.read())
+        except _json.JSONDecodeError:
+            return _error(400, "body is not JSON")
+        if not isinstance(body, dict):
+            return _error(400, "body must be a JSON object")
+        for key, kind in required.items():
+            if not isinstance(body.get(key), kind) or body.get(key) in ("", None):
+                return _error(400, f"{key} is required")
+        return body
+
+    async def _createinstance(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request, {"workflow_template_id": int, "name": str, "end_time": str})
+        if isinstance(body, web.Response):
+            return body
+        wf = self.create_workflow(body)
+        return web.Response(
+            body=_envelope({"workflow_id": wf["workflow_id"]}), content_type="application/json"
+        )
+
+    async def _detailinstances(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request, {"start_time": str, "end_time": str})
+        if isinstance(body, web.Response):
+            return body
+        try:
+            start, end = _parse_bound(body["start_time"]), _parse_bound(body["end_time"])
+        except ValueError:
+            return _error(400, "start_time/end_time must look like 2022-12-12 12:34:56+07:00")
+        case_id, callee = body.get("case_id"), body.get("callee")
+        found = []
+        for wf in self._workflows:
+            contacts = self._contacts.get(str(wf["workflow_id"]), [])
+            created = _parse_ts(wf)
+            if not (start is not None and end is not None and start <= created <= end):
+                continue
+            for c_case, c_callee in contacts:
+                if (case_id is None or case_id == c_case) and (callee is None or callee == c_callee):
+                    found.append(
+                        {
+                            "workflow_id": wf["workflow_id"],
+                            "workflow_name": wf["name"],
+                            "case_id": c_case,
+                            "callee": c_callee,
+                            "create_time": wf["create_time"],
+                        }
+                    )
+                    break
+        return web.Response(
+            body=_envelope({"lists": found, "count": len(found)}), content_type="application/json"
+        )
+
+    async def _apinoticeinfo(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request, {"workflow_id": str, "node_id": str, "callee": str})
+        if isinstance(body, web.Response):
+            return body
+        if body["workflow_id"] not in self._contacts and body["workflow_id"] not in self.workflow_ids():
+            return _error(404, "no such workflow")
+        answer = {
+            "workflow_id": body["workflow_id"],
+            "node_id": body["node_id"],
+            "callee": body["callee"],
+            "case_id": body.get("case_id"),
+            "pushed": True,
+        }
+        return web.Response(body=_envelope(answer), content_type="application/json")
+
+    async def _taskdetail(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request, {"workflow_id": str})
+        if isinstance(body, web.Response):
+            return body
+        match = next((w for w in self._workflows if w["workflow_id"] == body["workflow_id"]), None)
+        if match is None:
+            return _error(404, "no such workflow")
+        contacts = self._contacts.get(str(match["workflow_id"]), [("", "")])
+        records = [
+            {"call_id": f"call-{i}", "callee": callee, "case_id": case, "call_status": "answered"}
+            for i, (case, callee) in enumerate(contacts)
+            if callee
+        ]
+        answer = {
+            "workflow_id": match["workflow_id"],
+            "workflow_name": match["name"],
+            "nodetask_id": "nodetask-1",
+            "nodetask_name": "outbound call",
+            "case_id": contacts[0][0] or None,
+            "lists": records,
+        }
+        return web.Response(body=_envelope(answer), content_type="application/json")
+
+
+def _as_list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
 
 
 def _parse_ts(wf: dict[str, object]) -> float:
