@@ -1,0 +1,59 @@
+"""
+Example calls of the public API: type-checked by mypy in CI, never executed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import attrs
+
+from airudder_async import DEFAULT_RETRY, AirudderClient, Limits, RetryPolicy, Timeouts, WorkflowIterator
+from airudder_async.errors import AirudderError, RateLimitedError
+from airudder_async.models import ClientStats, Cursor, Page, RequestEvent, Workflow, WorkflowStatus
+from airudder_async.testing import FakeAirudder, Fault
+
+
+async def walk() -> list[str]:
+    def hook(event: RequestEvent) -> None:
+        print(event.kind, event.path)  # noqa: T201 - example
+
+    client = AirudderClient(
+        app_key="k",
+        app_secret="s",
+        limits=Limits(max_in_flight=4, requests_per_second=10.0),
+        retry=attrs.evolve(DEFAULT_RETRY, attempts=8),
+        timeouts=Timeouts(total=30.0),
+        event_hook=hook,
+    )
+    async with client:
+        page: Page[Workflow] = await client.list_workflows(page=1, size=50)
+        first: Workflow = page.items[0]
+        done = first.status == WorkflowStatus.FINISHED
+        walk: WorkflowIterator = client.iter_workflows(start_time=datetime(2026, 1, 1, tzinfo=UTC), prefetch=4)
+        ids = [wf.workflow_id async for wf in walk]
+        cursor: Cursor = walk.cursor
+        resumed = client.iter_workflows(cursor=Cursor.from_json(cursor.to_json()))
+        async with resumed:
+            async for wf in resumed:
+                ids.append(wf.workflow_id)
+        try:
+            data: object = await client.request("GET", "/service/cloud/workflow/templatelist", retry=RetryPolicy())
+        except RateLimitedError as exc:
+            wait: float | None = exc.retry_after
+            del wait
+        except AirudderError as exc:
+            resume_at: Cursor | None = exc.cursor
+            del resume_at
+        else:
+            del data
+        stats: ClientStats = client.stats
+        del stats, done
+    return ids
+
+
+async def fake() -> None:
+    async with FakeAirudder(workflows=10) as server, server.client() as client:
+        server.inject(Fault.http_status(503), on=2)
+        server.inject_random([Fault.drop()], rate=0.1, seed=1)
+        _ = [wf async for wf in client.iter_workflows()]
