@@ -22,3 +22,24 @@ async def fake() -> AsyncIterator[FakeAirudder]:
     """A fake AIRUDDER server with no workflows, on a free loopback port."""
     async with FakeAirudder() as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+async def _no_leaked_tasks(anyio_backend: str) -> AsyncIterator[None]:
+    """Fail a test that leaves a task of ours (or of its fake server) running behind it."""
+    import asyncio
+
+    def running() -> list[asyncio.Task[object]]:
+        return [
+            t
+            for t in asyncio.all_tasks() - before
+            if t is not asyncio.current_task() and not t.done() and "TestRunner" not in repr(t.get_coro())
+        ]
+
+    before = set(asyncio.all_tasks())
+    yield
+    for _ in range(50):  # cancelled tasks need a few loop turns to finish
+        if not (leaked := running()):
+            break
+        await asyncio.sleep(0.01)
+    assert not leaked, f"tasks left running: {[t.get_name() for t in leaked]}"
