@@ -374,6 +374,8 @@ class AirudderClient:
         prefetch: int = DEFAULT_PREFETCH,
         snapshot: bool = True,
         cursor: Cursor | None = None,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
     ) -> WorkflowIterator:
         """
         Walk every workflow, newest first, across pages; return an async iterator.
@@ -381,7 +383,8 @@ class AirudderClient:
         Up to *prefetch* pages are requested ahead (1: one request at a time). With *snapshot* the
         walk pins *end_time* to the moment it starts, so workflows created meanwhile do not push older
         ones onto later pages. Pass a *cursor* (from `iterator.cursor` or an error's `cursor`) to
-        resume a walk with its own window and page size.
+        resume a walk with its own window and page size. *retry* and *timeouts* override the
+        client's for each page request of this walk.
         """
         if max_items is not None and (type(max_items) is not int or max_items < 1):
             raise ValueError(f"max_items must be an int >= 1 or None, got {max_items!r}")
@@ -401,7 +404,7 @@ class AirudderClient:
         transport = self._require_open()
 
         async def fetch(page: int) -> tuple[list[Workflow], int]:
-            return await self._fetch_page(transport, page, page_size, start_time, end_time, None, None)
+            return await self._fetch_page(transport, page, page_size, start_time, end_time, retry, timeouts)
 
         return WorkflowIterator(
             fetch=fetch,

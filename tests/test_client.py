@@ -65,9 +65,11 @@ async def test_every_request_carries_token_and_user_agent() -> None:
     async with FakeAirudder(workflows=3) as fake, fake.client() as client:
         await client.list_workflows()
     auth, listing = fake.requests
-    assert auth.path == AUTH_PATH and "Authorization" not in auth.headers
+    assert auth.path == AUTH_PATH
+    assert "Authorization" not in auth.headers
     scheme, _, token = listing.headers["Authorization"].partition(" ")
-    assert scheme == "Token" and len(token) == 32
+    assert scheme == "Token"
+    assert len(token) == 32
     assert listing.headers["User-Agent"].startswith("airudder-async/")
 
 
@@ -159,8 +161,9 @@ async def test_revoked_token_is_replayed_once_then_fails(fake: FakeAirudder) -> 
         ),
     ],
 )
-async def test_list_bad_input_raises_before_sending(fake: FakeAirudder, kwargs: dict[str, object],
-                                                     message: str) -> None:
+async def test_list_bad_input_raises_before_sending(
+    fake: FakeAirudder, kwargs: dict[str, object], message: str
+) -> None:
     """Bad size, page or times raise ValueError and send nothing."""
     async with fake.client() as client:
         with pytest.raises(ValueError, match=message):
@@ -194,7 +197,9 @@ async def test_time_filters_are_sent_in_documented_form(fake: FakeAirudder) -> N
     tz = timezone(timedelta(hours=7))
     since, until = created[60].astimezone(tz), created[20].astimezone(tz)
     async with fake.client() as client:
-        got = [w.workflow_id async for w in client.iter_workflows(start_time=since, end_time=until, page_size=7)]
+        got = [
+            w.workflow_id async for w in client.iter_workflows(start_time=since, end_time=until, page_size=7)
+        ]
     assert got == fake.workflow_ids()[20:61]
     query = fake.requests[-1].query
     assert query["start_time"] == since.strftime("%Y-%m-%d %H:%M:%S+07:00")
@@ -274,7 +279,8 @@ async def test_cursor_resumes_after_failure() -> None:
             async for wf in client.iter_workflows(page_size=100, prefetch=1):
                 got.append(wf.workflow_id)
         cursor = info.value.cursor
-        assert cursor is not None and cursor.page == 3
+        assert cursor is not None
+        assert cursor.page == 3
         async for wf in client.iter_workflows(cursor=cursor):
             got.append(wf.workflow_id)
     assert got == fake.workflow_ids()
@@ -343,8 +349,11 @@ async def test_http_base_url_refused_unless_loopback() -> None:
 
 def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """from_env() reads the three variables and names the missing ones."""
-    env = {"AIRUDDER_APP_KEY": "key-1234567", "AIRUDDER_APP_SECRET": "s3cr3t-value",
-           "AIRUDDER_BASE_URL": "http://127.0.0.1:9"}
+    env = {
+        "AIRUDDER_APP_KEY": "key-1234567",
+        "AIRUDDER_APP_SECRET": "s3cr3t-value",
+        "AIRUDDER_BASE_URL": "http://127.0.0.1:9",
+    }
     client = AirudderClient.from_env(env)
     assert client.base_url == "http://127.0.0.1:9"
     with pytest.raises(RuntimeError, match="AIRUDDER_APP_SECRET"):
@@ -358,7 +367,8 @@ def test_repr_hides_secret() -> None:
     """The client's repr shows neither the secret nor the full key."""
     client = AirudderClient(app_key="my-app-key-123", app_secret="super-secret-xyz")
     text = repr(client)
-    assert "super-secret-xyz" not in text and "my-app-key-123" not in text
+    assert "super-secret-xyz" not in text
+    assert "my-app-key-123" not in text
 
 
 async def test_server_error_after_retries_is_typed(fake: FakeAirudder) -> None:
@@ -378,8 +388,9 @@ async def test_connection_refused_is_transport_error() -> None:
     """Nothing listening gives a TransportError, not an aiohttp exception."""
     async with FakeAirudder() as fake:
         url = fake.url
-    client = AirudderClient(app_key="k", app_secret="s", base_url=url,
-                            retry=RetryPolicy(attempts=2, backoff_initial=0))
+    client = AirudderClient(
+        app_key="k", app_secret="s", base_url=url, retry=RetryPolicy(attempts=2, backoff_initial=0)
+    )
     async with client:
         with pytest.raises(TransportError) as info:
             await client.list_workflows()
@@ -390,7 +401,9 @@ async def test_connection_refused_is_transport_error() -> None:
 async def test_slow_answer_times_out_then_retries(fake: FakeAirudder) -> None:
     """An answer slower than the timeout is a timeout, retried; a persistent one is RequestTimeoutError."""
     fake.add_workflows(3)
-    async with fake.client(timeouts=Timeouts(total=0.2), retry=RetryPolicy(attempts=2, backoff_initial=0)) as c:
+    async with fake.client(
+        timeouts=Timeouts(total=0.2), retry=RetryPolicy(attempts=2, backoff_initial=0)
+    ) as c:
         fake.inject(Fault.slow(0.5))
         page = await c.list_workflows()
         assert len(page.items) == 3
@@ -427,11 +440,13 @@ async def test_stats_and_event_hook(fake: FakeAirudder) -> None:
     ]
     stats = client.stats
     assert (stats.requests, stats.responses, stats.rate_limited, stats.auth_requests) == (3, 3, 1, 1)
-    assert stats.retries == {"429": 1} and stats.total_retries == 1
+    assert stats.retries == {"429": 1}
+    assert stats.total_retries == 1
 
 
-async def test_event_hook_errors_are_logged_not_raised(fake: FakeAirudder,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_event_hook_errors_are_logged_not_raised(
+    fake: FakeAirudder, caplog: pytest.LogCaptureFixture
+) -> None:
     """A failing event hook never breaks a call."""
     fake.add_workflows(1)
 
@@ -442,3 +457,19 @@ async def test_event_hook_errors_are_logged_not_raised(fake: FakeAirudder,
         page = await client.list_workflows()
     assert len(page.items) == 1
     assert "event_hook raised" in caplog.text
+
+
+async def test_per_walk_retry_policy_overrides_the_client() -> None:
+    """iter_workflows(retry=...) applies to each page request of that walk only."""
+    async with FakeAirudder(workflows=300) as fake, fake.client() as client:
+        fake.inject(Fault.http_status(503), on=2)
+        with pytest.raises(ServerError) as info:
+            _ = [
+                w
+                async for w in client.iter_workflows(page_size=100, prefetch=1, retry=RetryPolicy(attempts=1))
+            ]
+        assert info.value.cursor is not None
+        assert info.value.cursor.page == 2
+        fake.inject(Fault.http_status(503), on=2)
+        ids = [w.workflow_id async for w in client.iter_workflows(page_size=100, prefetch=1)]
+    assert ids == fake.workflow_ids()

@@ -4,6 +4,7 @@ The error tree and the envelope rules, as pure functions of (status, headers, bo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 
@@ -66,7 +67,8 @@ def test_status_and_code_mapping(status: int, code: int | None, cls: type[APIErr
     with pytest.raises(cls) as info:
         interpret(status, {}, raw, method="GET", path="/p")
     assert type(info.value) is cls
-    assert info.value.status == status and info.value.code == code
+    assert info.value.status == status
+    assert info.value.code == code
     assert str(info.value).startswith(f"GET /p: HTTP {status}")
 
 
@@ -94,18 +96,26 @@ def test_ok_envelope_without_data_is_decode_error() -> None:
 
 def test_error_body_is_redacted() -> None:
     """Secrets in an error body are masked by key and by value."""
-    raw = body(code=500, status="ERROR", message="failed for tok-abcdef123", data={"token": "tok-abcdef123",
-               "nested": [{"APPSecret": "s"}], "note": "secret-value-1 leaked"})
+    raw = body(
+        code=500,
+        status="ERROR",
+        message="failed for tok-abcdef123",
+        data={"token": "tok-abcdef123", "nested": [{"APPSecret": "s"}], "note": "secret-value-1 leaked"},
+    )
     with pytest.raises(ServerError) as info:
         interpret(500, {}, raw, secrets=["tok-abcdef123", "secret-value-1"])
     text = repr(info.value.body) + str(info.value)
-    assert "tok-abcdef123" not in text and "secret-value-1" not in text
+    assert "tok-abcdef123" not in text
+    assert "secret-value-1" not in text
     assert info.value.body["data"]["token"] == "***"  # type: ignore[index]  # body is a dict here
 
 
 def test_redact_leaves_other_values() -> None:
     """redact() touches only secret keys and secret strings."""
-    assert redact({"a": [1, "x"], "Authorization": "Token t"}, ["zz"]) == {"a": [1, "x"], "Authorization": "***"}
+    assert redact({"a": [1, "x"], "Authorization": "Token t"}, ["zz"]) == {
+        "a": [1, "x"],
+        "Authorization": "***",
+    }
     assert redact("abc", ["ab"]) == "abc"  # secrets shorter than 4 characters are ignored
 
 
@@ -130,13 +140,15 @@ def test_errors_pickle_and_print(error: AirudderError) -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error)
     assert copy.__dict__ == error.__dict__
-    assert str(copy) == str(error) and str(error)
+    assert str(copy) == str(error)
+    assert str(error)
     assert copy.cursor == Cursor(page=3, page_size=10)
 
 
 def test_tree() -> None:
     """The classes form the documented tree; timeouts are also TimeoutError."""
-    assert issubclass(RequestTimeoutError, TransportError) and issubclass(RequestTimeoutError, TimeoutError)
+    assert issubclass(RequestTimeoutError, TransportError)
+    assert issubclass(RequestTimeoutError, TimeoutError)
     for cls in (AuthenticationError, NotFoundError, InvalidRequestError, RateLimitedError, ServerError):
         assert issubclass(cls, APIError)
     for cls in (TransportError, APIError, DecodeError):
@@ -146,7 +158,5 @@ def test_tree() -> None:
 @given(st.integers(min_value=100, max_value=599), st.binary(max_size=200))
 def test_interpret_never_leaks_other_exceptions(status: int, raw: bytes) -> None:
     """Any status and body give an envelope or an AirudderError, nothing else."""
-    try:
+    with contextlib.suppress(AirudderError):
         interpret(status, {}, raw)
-    except AirudderError:
-        pass

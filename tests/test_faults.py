@@ -34,7 +34,9 @@ FAULTS: dict[str, list[Fault]] = {
 }
 
 
-async def walk_resuming(client: AirudderClient, *, prefetch: int, max_resumes: int = 20) -> tuple[list[str], int]:
+async def walk_resuming(
+    client: AirudderClient, *, prefetch: int, max_resumes: int = 20
+) -> tuple[list[str], int]:
     """Walk to the end, resuming from the error's cursor each time the walk fails."""
     ids: list[str] = []
     cursor = None
@@ -81,15 +83,24 @@ async def test_5000_through_30_percent_faults_and_a_revocation() -> None:
     async with FakeAirudder(workflows=5000) as fake, fake.client() as client:
         expected = fake.workflow_ids()
         fake.inject_random(
-            [Fault.rate_limited(0), Fault.http_status(500), Fault.http_status(502), Fault.http_status(503),
-             Fault.http_status(504)],
-            rate=0.3, seed=7,
+            [
+                Fault.rate_limited(0),
+                Fault.http_status(500),
+                Fault.http_status(502),
+                Fault.http_status(503),
+                Fault.http_status(504),
+            ],
+            rate=0.3,
+            seed=7,
         )
         fake.inject(Fault.revoke_token(), on=12)
         ids = [w.workflow_id async for w in client.iter_workflows(page_size=200)]
         stats = client.stats
-    assert ids == expected and len(set(ids)) == 5000
-    assert stats.total_retries > 0 and stats.token_refreshes == 1 and stats.auth_requests == 2
+    assert ids == expected
+    assert len(set(ids)) == 5000
+    assert stats.total_retries > 0
+    assert stats.token_refreshes == 1
+    assert stats.auth_requests == 2
     # Every request in flight with the revoked token is refused once and replayed once.
     replays = fake.hits("GET", INSTANCELIST_PATH) - 25 - stats.total_retries
     assert 1 <= replays <= 8

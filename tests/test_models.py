@@ -17,14 +17,17 @@ from airudder_async._convert import format_time, parse_time, structure_items, st
 from airudder_async.errors import DecodeError
 from airudder_async.models import Cursor, Page, Workflow, WorkflowStatus
 
-VENDOR_EXAMPLE = json.loads("""
+# The example answer from the vendor docs (one line wrapped).
+VENDOR_EXAMPLE = json.loads(
+    """
 {
   "data": {
     "lists": [
       {"workflow_id": "37b19c21b9cf482bb8100001", "name": "test-2", "template_name": "sms-txx-test",
        "start_time": "2022-10-09T07:02:40Z", "end_time": "2022-10-09T07:23:45Z", "total": 1,
        "status": "cancelled", "create_time": "2022-10-09T07:02:40Z"},
-      {"workflow_id": "fe9f194df9ef40b3be100000002", "name": "huida_test_sms11", "template_name": "huida_func_test",
+      {"workflow_id": "fe9f194df9ef40b3be100000002", "name": "huida_test_sms11",
+       "template_name": "huida_func_test",
        "start_time": null, "end_time": "2022-10-08T16:59:59Z", "total": 1,
        "status": "finished", "create_time": "2022-10-07T13:02:46Z"}
     ],
@@ -68,7 +71,8 @@ def test_unknown_status_and_extra_fields_pass_through() -> None:
     """An unknown status stays a string and unknown fields are ignored, not an error."""
     raw = dict(VENDOR_EXAMPLE["data"]["lists"][0], status="rebooting", brand_new_field={"x": 1})
     (wf,) = structure_items(Workflow, [raw], "data.lists")
-    assert wf.status == "rebooting" and wf.status not in WorkflowStatus.KNOWN
+    assert wf.status == "rebooting"
+    assert wf.status not in WorkflowStatus.KNOWN
     assert structure_one(Workflow, raw) == wf
 
 
@@ -85,7 +89,8 @@ def test_unknown_status_and_extra_fields_pass_through() -> None:
 def test_time_forms(text: str, expected: datetime) -> None:
     """Times with Z, offsets, a space or T separator become aware datetimes."""
     parsed = parse_time(text)
-    assert parsed == expected and parsed.utcoffset() is not None
+    assert parsed == expected
+    assert parsed.utcoffset() is not None
     raw = dict(VENDOR_EXAMPLE["data"]["lists"][0], create_time=text)
     assert structure_items(Workflow, [raw], "x")[0].create_time == expected
 
@@ -138,7 +143,8 @@ def test_optional_times_may_be_missing() -> None:
     del raw["start_time"]
     raw["end_time"] = None
     (wf,) = structure_items(Workflow, [raw], "x")
-    assert wf.start_time is None and wf.end_time is None
+    assert wf.start_time is None
+    assert wf.end_time is None
 
 
 def test_models_are_frozen_and_slotted() -> None:
@@ -159,8 +165,11 @@ def test_page_has_more() -> None:
 
 
 _aware = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
-    timezones=st.sampled_from([UTC, timezone(timedelta(hours=7)), timezone(timedelta(hours=-3, minutes=-30))]),
+    min_value=datetime(2000, 1, 1),
+    max_value=datetime(2100, 1, 1),
+    timezones=st.sampled_from(
+        [UTC, timezone(timedelta(hours=7)), timezone(timedelta(hours=-3, minutes=-30))]
+    ),
 )
 
 
@@ -173,43 +182,86 @@ _aware = st.datetimes(
     started=st.none() | _aware,
     sep=st.sampled_from(["T", " "]),
 )
-def test_round_trip_property(workflow_id: str, name: str, total: int, status: str, created: datetime,
-                             started: datetime | None, sep: str) -> None:
+def test_round_trip_property(
+    workflow_id: str,
+    name: str,
+    total: int,
+    status: str,
+    created: datetime,
+    started: datetime | None,
+    sep: str,
+) -> None:
     """Any wire workflow structures to the same values (times compared as instants)."""
     raw = {
-        "workflow_id": workflow_id, "name": name, "template_name": "t", "total": total, "status": status,
-        "create_time": created.isoformat(sep=sep), "start_time": None if started is None else started.isoformat(),
-        "end_time": None, "extra": [1, 2],
+        "workflow_id": workflow_id,
+        "name": name,
+        "template_name": "t",
+        "total": total,
+        "status": status,
+        "create_time": created.isoformat(sep=sep),
+        "start_time": None if started is None else started.isoformat(),
+        "end_time": None,
+        "extra": [1, 2],
     }
     (wf,) = structure_items(Workflow, [raw], "x")
     assert (wf.workflow_id, wf.name, wf.total, wf.status) == (workflow_id, name, total, status)
-    assert wf.create_time == created and wf.start_time == started
+    assert wf.create_time == created
+    assert wf.start_time == started
     again = structure_items(Workflow, [wf.to_dict()], "x")[0]
     assert again == wf
 
 
-@given(st.dictionaries(st.sampled_from(["workflow_id", "name", "template_name", "start_time", "end_time",
-                                        "total", "status", "create_time", "other"]),
-                       st.none() | st.integers() | st.text(max_size=25) | st.booleans() | st.floats()))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "workflow_id",
+                "name",
+                "template_name",
+                "start_time",
+                "end_time",
+                "total",
+                "status",
+                "create_time",
+                "other",
+            ]
+        ),
+        st.none() | st.integers() | st.text(max_size=25) | st.booleans() | st.floats(),
+    )
+)
 def test_arbitrary_items_decode_or_raise_decode_error(raw: dict[str, object]) -> None:
     """Whatever an item holds, structuring returns a Workflow or raises DecodeError, nothing else."""
     try:
         (wf,) = structure_items(Workflow, [raw], "data.lists")
     except DecodeError as exc:
-        assert exc.field_path is not None and exc.field_path.startswith("data.lists[0]")
+        assert exc.field_path is not None
+        assert exc.field_path.startswith("data.lists[0]")
     else:
-        assert isinstance(wf.create_time, datetime) and wf.create_time.utcoffset() is not None
+        assert isinstance(wf.create_time, datetime)
+        assert wf.create_time.utcoffset() is not None
 
 
 def test_cursor_json_round_trip_and_validation() -> None:
     """A cursor survives JSON; malformed ones are a ValueError."""
     tz = timezone(timedelta(hours=7))
-    cursor = Cursor(page=4, page_size=50, start_time=datetime(2026, 1, 1, tzinfo=tz),
-                    end_time=datetime(2026, 2, 1, tzinfo=UTC), last_workflow_id="abc", received=151)
+    cursor = Cursor(
+        page=4,
+        page_size=50,
+        start_time=datetime(2026, 1, 1, tzinfo=tz),
+        end_time=datetime(2026, 2, 1, tzinfo=UTC),
+        last_workflow_id="abc",
+        received=151,
+    )
     assert Cursor.from_json(cursor.to_json()) == cursor
     assert json.loads(cursor.to_json())["end_time"] == "2026-02-01T00:00:00Z"
-    for bad in ["[]", "nope", '{"v": 2}', '{"v": 1, "page": "x", "page_size": 2}', '{"v": 1}',
-                '{"v": 1, "page": 1, "page_size": 2, "start_time": "2026-01-01T00:00:00"}']:
+    for bad in [
+        "[]",
+        "nope",
+        '{"v": 2}',
+        '{"v": 1, "page": "x", "page_size": 2}',
+        '{"v": 1}',
+        '{"v": 1, "page": 1, "page_size": 2, "start_time": "2026-01-01T00:00:00"}',
+    ]:
         with pytest.raises(ValueError):  # noqa: PT011 - several messages
             Cursor.from_json(bad)
     with pytest.raises(ValueError):  # noqa: PT011

@@ -9,6 +9,7 @@ import gc
 from contextlib import aclosing
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,7 +28,9 @@ def test_pages_left_rules() -> None:
     assert not pages_left(size=10, count=100, received=10, got=0)
     assert not pages_left(size=10, count=20, received=20, got=10)
     assert pages_left(size=10, count=15, received=20, got=10)  # delivered beyond count
-    assert last_page(0, 10) == 1 and last_page(10, 10) == 1 and last_page(11, 10) == 2
+    assert last_page(0, 10) == 1
+    assert last_page(10, 10) == 1
+    assert last_page(11, 10) == 2
 
 
 @given(n=st.integers(0, 2000), size=st.integers(1, 200), offset=st.integers(-500, 500))
@@ -65,7 +68,7 @@ async def test_break_with_prefetch_leaves_nothing_behind() -> None:
             break
         gc.collect()
         for _ in range(5):
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
         assert _client_tasks() == []
         assert _open_connections(client) == 0
         sent = client.stats.requests
@@ -83,7 +86,8 @@ async def test_aclose_stops_in_flight_requests() -> None:
             await walk.__anext__()
             await anyio.sleep(0.01)
             assert len(_client_tasks()) > 0
-        assert _client_tasks() == [] and _open_connections(client) == 0
+        assert _client_tasks() == []
+        assert _open_connections(client) == 0
         assert walk.is_finished
         assert [w async for w in walk] == []
         await walk.aclose()  # idempotent
@@ -103,7 +107,8 @@ async def test_consumer_exception_and_cancellation_stop_the_walk() -> None:
             async with client.iter_workflows(page_size=100) as walk:
                 async for _ in walk:
                     await anyio.sleep(0.01)
-        assert _client_tasks() == [] and _open_connections(client) == 0
+        assert _client_tasks() == []
+        assert _open_connections(client) == 0
         assert fake.hits(*LIST) < 30
 
 
@@ -133,7 +138,9 @@ async def test_snapshot_ignores_workflows_created_during_the_walk() -> None:
         ids = [w.workflow_id async for w in walk]
     assert ids == before
     assert len(fake.workflows) == 1050
-    assert walk.end_time is not None and walk.count == 1000 and walk.count_drift == 0
+    assert walk.end_time is not None
+    assert walk.count == 1000
+    assert walk.count_drift == 0
 
 
 @pytest.mark.anyio
@@ -178,7 +185,8 @@ async def test_walk_error_with_prefetch_carries_cursor() -> None:
             async for wf in walk:
                 got.append(wf.workflow_id)
         cursor = info.value.cursor  # type: ignore[attr-defined]  # AirudderError
-        assert len(got) == 300 and cursor.page == 4
+        assert len(got) == 300
+        assert cursor.page == 4
         assert [w async for w in walk] == []
         got += [w.workflow_id async for w in client.iter_workflows(cursor=cursor)]
     assert got == fake.workflow_ids()

@@ -77,15 +77,14 @@ def test_token_bucket_lets_a_burst_through() -> None:
     assert bucket.reserve(0.0) == pytest.approx(0.1)
 
 
-
-
 @pytest.mark.anyio
 async def test_budget_holds_observed_rate() -> None:
     """With a budget of R req/s the server sees at most R·window + burst requests in any window."""
     rate, burst = 40.0, 2
-    async with FakeAirudder(workflows=3) as fake, fake.client(
-        limits=Limits(requests_per_second=rate, burst=burst, max_in_flight=8)
-    ) as client:
+    async with (
+        FakeAirudder(workflows=3) as fake,
+        fake.client(limits=Limits(requests_per_second=rate, burst=burst, max_in_flight=8)) as client,
+    ):
         async with anyio.create_task_group() as tg:
             for _ in range(30):
                 tg.start_soon(client.list_workflows)
@@ -102,21 +101,23 @@ async def test_budget_holds_observed_rate() -> None:
 @pytest.mark.anyio
 async def test_in_flight_never_exceeds_cap() -> None:
     """No more than max_in_flight requests are ever in the server at once."""
-    async with FakeAirudder(workflows=3, latency=0.02) as fake, fake.client(
-        limits=Limits(max_in_flight=3)
-    ) as client:
-        async with anyio.create_task_group() as tg:
-            for _ in range(25):
-                tg.start_soon(client.list_workflows)
+    async with (
+        FakeAirudder(workflows=3, latency=0.02) as fake,
+        fake.client(limits=Limits(max_in_flight=3)) as client,
+        anyio.create_task_group() as tg,
+    ):
+        for _ in range(25):
+            tg.start_soon(client.list_workflows)
     assert fake.peak_in_flight == 3
 
 
 @pytest.mark.anyio
 async def test_429_cool_down_holds_every_task() -> None:
     """After a 429 with Retry-After, no request from any task goes out before the cool-down ends."""
-    async with FakeAirudder(workflows=3, latency=0.01) as fake, fake.client(
-        limits=Limits(max_in_flight=4)
-    ) as client:
+    async with (
+        FakeAirudder(workflows=3, latency=0.01) as fake,
+        fake.client(limits=Limits(max_in_flight=4)) as client,
+    ):
         await client.list_workflows()
         fake.inject(Fault.rate_limited(0.3))
         async with anyio.create_task_group() as tg:
@@ -127,8 +128,10 @@ async def test_429_cool_down_holds_every_task() -> None:
     # The answer to the refused request left the server ~latency after it arrived; requests already in
     # flight then may land, but none sent after the client saw the 429 may come before the cool-down.
     late = [r.at for r in reqs[4:]]
-    assert late and min(late) >= refused_at + 0.3 - 0.01
-    assert client.stats.rate_limited == 1 and client.stats.cooldown_wait > 0
+    assert late
+    assert min(late) >= refused_at + 0.3 - 0.01
+    assert client.stats.rate_limited == 1
+    assert client.stats.cooldown_wait > 0
 
 
 @pytest.mark.anyio
@@ -137,15 +140,17 @@ async def test_retry_after_date_form_is_honoured() -> None:
     async with FakeAirudder(workflows=3) as fake, fake.client() as client:
         fake.inject(Fault.rate_limited(0.0, as_date=True))
         page = await client.list_workflows()
-    assert len(page.items) == 3 and client.stats.retries == {"429": 1}
+    assert len(page.items) == 3
+    assert client.stats.retries == {"429": 1}
 
 
 @pytest.mark.anyio
 async def test_retry_after_beyond_cap_raises_at_once() -> None:
     """A Retry-After longer than the cap raises RateLimitedError with retry_after, without waiting."""
-    async with FakeAirudder(workflows=3) as fake, fake.client(
-        retry=RetryPolicy(retry_after_max=5, backoff_initial=0)
-    ) as client:
+    async with (
+        FakeAirudder(workflows=3) as fake,
+        fake.client(retry=RetryPolicy(retry_after_max=5, backoff_initial=0)) as client,
+    ):
         fake.inject(Fault.rate_limited(600))
         with anyio.fail_after(2), pytest.raises(RateLimitedError) as info:
             await client.list_workflows()
@@ -163,17 +168,22 @@ async def test_unsafe_calls_are_not_retried_unless_opted_in() -> None:
         with pytest.raises(ServerError):
             await client.request("POST", path, json={"APPKey": fake.app_key, "APPSecret": fake.app_secret})
         fake.inject(Fault.http_status(503), path=path)
-        data = await client.request("POST", path, json={"APPKey": fake.app_key, "APPSecret": fake.app_secret},
-                                    idempotent=True)
-    assert isinstance(data, dict) and "token" in data
+        data = await client.request(
+            "POST", path, json={"APPKey": fake.app_key, "APPSecret": fake.app_secret}, idempotent=True
+        )
+    assert isinstance(data, dict)
+    assert "token" in data
 
 
 @pytest.mark.anyio
 async def test_call_deadline_bounds_all_attempts() -> None:
     """A deadline ends a call that keeps retrying, as RequestTimeoutError."""
-    async with FakeAirudder(workflows=1) as fake, fake.client(
-        retry=RetryPolicy(attempts=100, backoff_initial=0.05, backoff_max=0.05, deadline=0.3)
-    ) as client:
+    async with (
+        FakeAirudder(workflows=1) as fake,
+        fake.client(
+            retry=RetryPolicy(attempts=100, backoff_initial=0.05, backoff_max=0.05, deadline=0.3)
+        ) as client,
+    ):
         await client.list_workflows()
         fake.inject(Fault.http_status(503), on=range(1, 100))
         with pytest.raises(RequestTimeoutError, match="deadline"):
@@ -191,17 +201,21 @@ async def test_retries_are_logged_without_authorization(caplog: pytest.LogCaptur
             await client.list_workflows()
         token = client._transport.auth._token  # type: ignore[union-attr]  # the client is open
     retries = [r for r in caplog.records if "retrying" in r.getMessage()]
-    assert len(retries) == 2 and all(r.name == "airudder_async" for r in retries)
-    assert token and token not in caplog.text and fake.app_secret not in caplog.text
+    assert len(retries) == 2
+    assert all(r.name == "airudder_async" for r in retries)
+    assert token
+    assert token not in caplog.text
+    assert fake.app_secret not in caplog.text
     assert "Authorization" not in caplog.text
 
 
 @pytest.mark.anyio
 async def test_cancellation_is_not_retried() -> None:
     """Cancelling a call during its backoff sleep cancels it; nothing is retried afterwards."""
-    async with FakeAirudder(workflows=1) as fake, fake.client(
-        retry=RetryPolicy(backoff_initial=5, backoff_max=5)
-    ) as client:
+    async with (
+        FakeAirudder(workflows=1) as fake,
+        fake.client(retry=RetryPolicy(backoff_initial=5, backoff_max=5)) as client,
+    ):
         await client.list_workflows()
         fake.inject(Fault.http_status(503))
         with anyio.move_on_after(0.2) as scope:

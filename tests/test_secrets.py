@@ -37,10 +37,21 @@ async def test_secret_and_token_never_leak(caplog: pytest.LogCaptureFixture) -> 
                         async for wf in client.iter_workflows(page_size=50):
                             texts.append(repr(wf))
                     except AirudderError as exc:
-                        texts += [str(exc), repr(exc), repr(exc.__dict__), repr(pickle.loads(pickle.dumps(exc)))]
+                        texts += [
+                            str(exc),
+                            repr(exc),
+                            repr(exc.__dict__),
+                            repr(pickle.loads(pickle.dumps(exc))),
+                        ]
                 walk = client.iter_workflows()
-                texts += [repr(client), repr(client._transport), repr(client._transport.auth), repr(walk),
-                          repr(client.stats), repr(fake)]
+                texts += [
+                    repr(client),
+                    repr(client._transport),
+                    repr(client._transport.auth),
+                    repr(walk),
+                    repr(client.stats),
+                    repr(fake),
+                ]
                 await walk.aclose()
         bad = fake.client()
         bad._app_secret = SECRET + "-wrong"

@@ -13,9 +13,12 @@ pytestmark = pytest.mark.anyio
 
 
 async def _token(session: aiohttp.ClientSession, fake: FakeAirudder) -> str:
-    async with session.post(fake.url + AUTH_PATH, json={"APPKey": fake.app_key, "APPSecret": fake.app_secret}) as r:
+    async with session.post(
+        fake.url + AUTH_PATH, json={"APPKey": fake.app_key, "APPSecret": fake.app_secret}
+    ) as r:
         body = await r.json()
-    assert body["code"] == 200 and body["status"] == "OK"
+    assert body["code"] == 200
+    assert body["status"] == "OK"
     token: str = body["data"]["token"]
     return token
 
@@ -28,8 +31,13 @@ async def test_paging_defaults_and_limits() -> None:
             body = await r.json()
         assert (body["code"], body["status"], body["data"]["count"]) == (200, "OK", 250)
         assert [w["workflow_id"] for w in body["data"]["lists"]] == fake.workflow_ids()[:20]
-        for query, status in [({"size": "201"}, 400), ({"page": "0"}, 400), ({"size": "x"}, 400),
-                              ({"start_time": "yesterday"}, 400), ({"page": "99"}, 200)]:
+        for query, status in [
+            ({"size": "201"}, 400),
+            ({"page": "0"}, 400),
+            ({"size": "x"}, 400),
+            ({"start_time": "yesterday"}, 400),
+            ({"page": "99"}, 200),
+        ]:
             async with s.get(fake.url + INSTANCELIST_PATH, headers=headers, params=query) as r:
                 assert r.status == status, query
                 if status == 200:
@@ -57,7 +65,8 @@ async def test_seeded_data_is_deterministic_and_varied() -> None:
     """Synthetic workflows repeat for a seed and include null times and several statuses."""
     assert make_workflows(50, seed=3) == make_workflows(50, seed=3)
     wfs = make_workflows(100)
-    assert any(w["start_time"] is None for w in wfs) and any(w["end_time"] is None for w in wfs)
+    assert any(w["start_time"] is None for w in wfs)
+    assert any(w["end_time"] is None for w in wfs)
     assert len({w["status"] for w in wfs}) >= 4
     times = [w["create_time"] for w in wfs]
     assert times == sorted(times, reverse=True)

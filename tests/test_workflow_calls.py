@@ -28,13 +28,18 @@ async def test_created_workflow_is_listed_and_found() -> None:
     """A workflow created on the fake appears first in iter_workflows and is found by detailinstances."""
     async with FakeAirudder(workflows=30) as fake, fake.client() as client:
         created = await client.create_workflow(
-            workflow_template_id=7, name="renewals", end_time=SOON, workflow_template_name="tpl-renew",
+            workflow_template_id=7,
+            name="renewals",
+            end_time=SOON,
+            workflow_template_name="tpl-renew",
             extra={"lists": [{"case_id": "case-9", "callee": "+8613711112222"}]},
         )
-        assert isinstance(created, CreatedWorkflow) and created.workflow_id
+        assert isinstance(created, CreatedWorkflow)
+        assert created.workflow_id
         assert created.data == {"workflow_id": created.workflow_id}
-        first = [w async for w in client.iter_workflows(max_items=1)][0]
-        assert first.workflow_id == created.workflow_id and first.template_name == "tpl-renew"
+        (first,) = [w async for w in client.iter_workflows(max_items=1)]
+        assert first.workflow_id == created.workflow_id
+        assert first.template_name == "tpl-renew"
         now = datetime.now(UTC)
         window = {"start_time": now - timedelta(hours=1), "end_time": now + timedelta(hours=1)}
         by_case = await client.find_workflows(case_id="case-9", **window)
@@ -60,8 +65,15 @@ async def test_create_sends_documented_fields() -> None:
         fake.create_workflow = spy  # type: ignore[method-assign]  # test spy
         end = datetime(2026, 12, 1, 18, 0, tzinfo=UTC)
         await client.create_workflow(workflow_template_id=3, name="n", end_time=end, workflow_name="w")
-    assert seen == [{"workflow_template_id": 3, "name": "n", "auto_finish": 2,
-                     "end_time": "2026-12-01 18:00:00+00:00", "workflow_name": "w"}]
+    assert seen == [
+        {
+            "workflow_template_id": 3,
+            "name": "n",
+            "auto_finish": 2,
+            "end_time": "2026-12-01 18:00:00+00:00",
+            "workflow_name": "w",
+        }
+    ]
 
 
 @pytest.mark.parametrize(
@@ -117,19 +129,25 @@ async def test_create_is_not_retried_unless_opted_in() -> None:
 async def test_verify_api_notice_and_task_detail() -> None:
     """apinoticeinfo and taskdetail return their data; unknown workflows are NotFoundError."""
     async with FakeAirudder() as fake, fake.client() as client:
-        wf = await client.create_workflow(workflow_template_id=1, name="a", end_time=SOON,
-                                          extra={"case_id": "c-1", "callee": "+6281234567890"})
+        wf = await client.create_workflow(
+            workflow_template_id=1,
+            name="a",
+            end_time=SOON,
+            extra={"case_id": "c-1", "callee": "+6281234567890"},
+        )
         assert wf.workflow_id is not None
-        answer = await client.verify_api_notice(workflow_id=wf.workflow_id, node_id="n-1",
-                                                callee="+6281234567890", case_id="c-1")
-        assert isinstance(answer, dict) and answer["pushed"] is True
+        answer = await client.verify_api_notice(
+            workflow_id=wf.workflow_id, node_id="n-1", callee="+6281234567890", case_id="c-1"
+        )
+        assert isinstance(answer, dict)
+        assert answer["pushed"] is True
         detail = await client.get_task_detail(fields={"workflow_id": wf.workflow_id})
         assert isinstance(detail, TaskDetail)
         assert (detail.workflow_id, detail.workflow_name, detail.case_id) == (wf.workflow_id, "a", "c-1")
         assert detail.records[0]["callee"] == "+6281234567890"
         with pytest.raises(NotFoundError):
             await client.verify_api_notice(workflow_id="nope", node_id="n", callee="+6281234567890")
-        with pytest.raises(ValueError, match="E.164"):
+        with pytest.raises(ValueError, match=r"E\.164"):
             await client.verify_api_notice(workflow_id="w", node_id="n", callee="12")
         with pytest.raises(InvalidRequestError):
             await client.get_task_detail(fields={"other": 1})
@@ -141,9 +159,11 @@ async def test_generic_call_reaches_any_path_with_auth_and_retries() -> None:
     async with FakeAirudder(workflows=5) as fake, fake.client() as client:
         fake.inject(Fault.http_status(503))
         data = await client.request("GET", INSTANCELIST_PATH, params={"page": 1, "size": 2})
-        assert isinstance(data, dict) and len(data["lists"]) == 2
+        assert isinstance(data, dict)
+        assert len(data["lists"]) == 2
         full = await client.request_full("GET", INSTANCELIST_PATH)
-        assert full.status == 200 and full.envelope["code"] == 200
+        assert full.status == 200
+        assert full.envelope["code"] == 200
         assert full.headers["Content-Type"].startswith("application/json")
         with pytest.raises(NotFoundError) as info:
             await client.request("GET", "/service/cloud/workflow/templatelist")

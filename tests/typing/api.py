@@ -30,7 +30,9 @@ async def walk() -> list[str]:
         page: Page[Workflow] = await client.list_workflows(page=1, size=50)
         first: Workflow = page.items[0]
         done = first.status == WorkflowStatus.FINISHED
-        walk: WorkflowIterator = client.iter_workflows(start_time=datetime(2026, 1, 1, tzinfo=UTC), prefetch=4)
+        walk: WorkflowIterator = client.iter_workflows(
+            start_time=datetime(2026, 1, 1, tzinfo=UTC), prefetch=4
+        )
         ids = [wf.workflow_id async for wf in walk]
         cursor: Cursor = walk.cursor
         resumed = client.iter_workflows(cursor=Cursor.from_json(cursor.to_json()))
@@ -38,7 +40,9 @@ async def walk() -> list[str]:
             async for wf in resumed:
                 ids.append(wf.workflow_id)
         try:
-            data: object = await client.request("GET", "/service/cloud/workflow/templatelist", retry=RetryPolicy())
+            data: object = await client.request(
+                "GET", "/service/cloud/workflow/templatelist", retry=RetryPolicy()
+            )
         except RateLimitedError as exc:
             wait: float | None = exc.retry_after
             del wait
