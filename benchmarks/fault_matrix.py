@@ -75,7 +75,8 @@ async def one_run(name: str, n: int, seed: int) -> tuple[int, int, int, int]:
 
 async def main(runs: int, n: int) -> None:
     print(
-        f"Fault matrix: {runs} runs per fault, {n} workflows, random page size (50/100/200) and prefetch (1/4/8)"
+        f"Fault matrix: {runs} runs per fault, {n} workflows, "
+        "random page size (50/100/200) and prefetch (1/4/8)"
     )
     print()
     print("| fault | runs | items lost | items doubled | walks resumed | retries |")
