@@ -33,41 +33,86 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     walk = common.add_argument_group("walk options")
-    walk.add_argument("--since", type=aware_time, metavar="TIME",
-                      help="only workflows created at or after TIME (ISO 8601 with an offset, e.g. "
-                      "2026-01-01T00:00:00Z or '2026-01-01 00:00:00+07:00')")
-    walk.add_argument("--until", type=aware_time, metavar="TIME",
-                      help="only workflows created at or before TIME (default: when the walk starts)")
-    walk.add_argument("--page-size", type=int_between(1, MAX_PAGE_SIZE), default=DEFAULT_PAGE_SIZE,
-                      metavar="N", help=f"workflows per request, 1..{MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE})")
+    walk.add_argument(
+        "--since",
+        type=aware_time,
+        metavar="TIME",
+        help="only workflows created at or after TIME (ISO 8601 with an offset, e.g. "
+        "2026-01-01T00:00:00Z or '2026-01-01 00:00:00+07:00')",
+    )
+    walk.add_argument(
+        "--until",
+        type=aware_time,
+        metavar="TIME",
+        help="only workflows created at or before TIME (default: when the walk starts)",
+    )
+    walk.add_argument(
+        "--page-size",
+        type=int_between(1, MAX_PAGE_SIZE),
+        default=DEFAULT_PAGE_SIZE,
+        metavar="N",
+        help=f"workflows per request, 1..{MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE})",
+    )
     walk.add_argument("--max-items", type=int_between(1), metavar="N", help="stop after N workflows")
-    walk.add_argument("--prefetch", type=int_between(1), default=DEFAULT_PREFETCH, metavar="N",
-                      help=f"pages requested ahead (default {DEFAULT_PREFETCH}; 1: one request at a time)")
-    walk.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                      help="show progress on stderr (default: only when stderr is a terminal)")
+    walk.add_argument(
+        "--prefetch",
+        type=int_between(1),
+        default=DEFAULT_PREFETCH,
+        metavar="N",
+        help=f"pages requested ahead (default {DEFAULT_PREFETCH}; 1: one request at a time)",
+    )
+    walk.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress on stderr (default: only when stderr is a terminal)",
+    )
     sandbox = common.add_argument_group("sandbox")
-    sandbox.add_argument("--sandbox", type=int_between(0), nargs="?", const=_SANDBOX_DEFAULT, metavar="N",
-                         help="ignore the environment and walk N synthetic workflows (default "
-                         f"{_SANDBOX_DEFAULT}) served by a fake AIRUDDER server inside this process")
-    sandbox.add_argument("--sandbox-latency", type=float, default=0.0, metavar="SECONDS",
-                         help="delay every sandbox answer by SECONDS (to watch progress)")
+    sandbox.add_argument(
+        "--sandbox",
+        type=int_between(0),
+        nargs="?",
+        const=_SANDBOX_DEFAULT,
+        metavar="N",
+        help="ignore the environment and walk N synthetic workflows (default "
+        f"{_SANDBOX_DEFAULT}) served by a fake AIRUDDER server inside this process",
+    )
+    sandbox.add_argument(
+        "--sandbox-latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay every sandbox answer by SECONDS (to watch progress)",
+    )
 
     commands.add_parser(
-        "workflows", parents=[common], help="stream every workflow to stdout as JSON lines",
+        "workflows",
+        parents=[common],
+        help="stream every workflow to stdout as JSON lines",
         description="Stream every workflow, newest first, to stdout: one JSON object per line.",
     )
     export = commands.add_parser(
-        "export", parents=[common], help="write every workflow to a file that survives interruptions",
+        "export",
+        parents=[common],
+        help="write every workflow to a file that survives interruptions",
         description="Write every workflow, newest first, to a file. A checkpoint after each page lets "
         "--resume finish an export that died, with every workflow exactly once.",
     )
     export.add_argument("-o", "--output", metavar="FILE", help="the output file ('-' or absent: stdout)")
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
-                        help="JSON lines (default) or CSV with a header row")
-    export.add_argument("--checkpoint", metavar="PATH",
-                        help="the checkpoint file (default: FILE.checkpoint.json; needed to resume to stdout)")
-    export.add_argument("--resume", action="store_true",
-                        help="continue the export recorded in the checkpoint")
+    export.add_argument(
+        "--format",
+        choices=("jsonl", "csv"),
+        default="jsonl",
+        help="JSON lines (default) or CSV with a header row",
+    )
+    export.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="the checkpoint file (default: FILE.checkpoint.json; needed to resume to stdout)",
+    )
+    export.add_argument(
+        "--resume", action="store_true", help="continue the export recorded in the checkpoint"
+    )
     return parser
 
 
@@ -77,8 +122,6 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
         parser.error(f"--since {args.since.isoformat()} is after --until {args.until.isoformat()}")
     if args.sandbox_latency < 0:
         parser.error("--sandbox-latency must be >= 0")
-    if args.command == "export" and args.resume and args.output in (None, "-") and not args.checkpoint:
-        parser.error("--resume with output to stdout needs --checkpoint PATH")
     return args
 
 
@@ -115,5 +158,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # pragma: no cover - run by the subprocess tests
     sys.exit(main())

@@ -95,7 +95,6 @@ def int_between(low: int, high: int | None = None) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
         return value
 
-    parse.__name__ = "integer"  # argparse names the type in "invalid <name> value" messages
     return parse
 
 
@@ -157,7 +156,7 @@ def _fsync_if_possible(stream: BinaryIO) -> None:
     except io.UnsupportedOperation:
         pass
     except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
             raise
 
 
@@ -252,30 +251,32 @@ async def _pump(
     commit: Callable[[list[Workflow], Cursor], None],
     progress: Progress,
     max_items: int | None,
-) -> Cursor:
+) -> None:
     """Consume *it*, handing each page's items to *commit* (in a thread) with the cursor after them."""
     batch: list[Workflow] = []
     page = it.cursor.page
-    cursor = it.cursor
+    before = page - 1  # pages done by an earlier run of a resumed export
     async for wf in it:
         batch.append(wf)
+        if it.page_remaining:
+            continue
         cursor = it.cursor
         if cursor.page != page:  # the page is used up: the next item needs another answer
             page = cursor.page
             await anyio.to_thread.run_sync(commit, batch, cursor)
             batch = []
-            progress.update(pages=it.pages, done=cursor.received, total=_target(it, max_items))
+            progress.update(pages=before + it.pages, done=cursor.received, total=_target(it, max_items))
     cursor = it.cursor
     if batch:
         await anyio.to_thread.run_sync(commit, batch, cursor)
-    progress.update(pages=it.pages, done=cursor.received, total=_target(it, max_items), final=True)
-    return cursor
+    progress.update(pages=before + it.pages, done=cursor.received, total=_target(it, max_items), final=True)
 
 
 def _target(it: WorkflowIterator, max_items: int | None) -> int | None:
-    if it.count is None:
-        return max_items
-    return it.count if max_items is None else min(it.count, max_items)
+    total = it.count
+    if total is not None and max_items is not None:
+        total = min(total, max_items)
+    return total
 
 
 # -- checkpoint ---------------------------------------------------------------------------------------
@@ -419,7 +420,7 @@ async def run(
         except ValueError as exc:
             stderr.write(f"error: AIRUDDER_BASE_URL: {exc}\n")
             return 2
-    enabled = args.progress if args.progress is not None else _isatty(stderr)
+    enabled = args.progress if args.progress is not None else stderr.isatty()
     try:
         async with contextlib.AsyncExitStack() as stack:
             if client is None:
@@ -450,13 +451,6 @@ async def run(
         return 0
 
 
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (OSError, ValueError):
-        return False
-
-
 async def _workflows(
     args: argparse.Namespace,
     client: AirudderClient,
@@ -467,7 +461,7 @@ async def _workflows(
     progress_enabled: bool,
 ) -> int:
     await stack.enter_async_context(client)
-    progress = Progress(stderr, enabled=progress_enabled, tty=_isatty(stderr))
+    progress = Progress(stderr, enabled=progress_enabled, tty=stderr.isatty())
 
     def commit(items: list[Workflow], _cursor: Cursor) -> None:
         stdout.write(encode_jsonl(items))
@@ -497,7 +491,7 @@ def _open_output(path: Path, resume: Checkpoint | None) -> BinaryIO:
     if resume is None:
         return open(path, "wb")
     try:
-        stream = open(path, "r+b")
+        stream = open(path, "r+b")  # noqa: SIM115 - the caller closes it (through its exit stack)
     except FileNotFoundError:
         raise UsageError(f"cannot resume: the output {path} is gone (the checkpoint expects it)") from None
     size = os.fstat(stream.fileno()).st_size
@@ -576,7 +570,7 @@ async def _export(
         strict_fsync=output is not None,
     )
     start = it.cursor
-    progress = Progress(stderr, enabled=progress_enabled, tty=_isatty(stderr), start_done=start.received)
+    progress = Progress(stderr, enabled=progress_enabled, tty=stderr.isatty(), start_done=start.received)
     if resume is not None and output is None:
         stderr.write(
             f"note: resuming to stdout: append this to the earlier output cut to {resume.offset} bytes "
@@ -589,7 +583,7 @@ async def _export(
             # dies on its first page resumes the same snapshot.
             await anyio.to_thread.run_sync(sink.write, header)
             await anyio.to_thread.run_sync(sink.save, start)
-        elif checkpoint is not None:
+        else:
             sink.saved = start
         if remaining is None or remaining > 0:
             await _pump(it, sink.commit, progress, args.max_items)

@@ -155,6 +155,11 @@ class WorkflowIterator:
         return self.last_count - self.count
 
     @property
+    def page_remaining(self) -> int:
+        """How many items of the current page are still to be yielded (0 at a page boundary)."""
+        return len(self._items) - self._index
+
+    @property
     def is_finished(self) -> bool:
         """Tell whether the walk has ended (all items, max_items, an error, or aclose())."""
         return self._finished
