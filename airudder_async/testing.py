@@ -20,7 +20,7 @@ import bisect
 import random
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import TracebackType
@@ -395,6 +395,45 @@ class FakeAirudder:
             raise RuntimeError("start the FakeAirudder (async with) before asking for a client")
         kwargs.setdefault("retry", RetryPolicy(backoff_initial=0.0, backoff_max=0.0))
         return AirudderClient(app_key=self.app_key, app_secret=self.app_secret, base_url=self.url, **kwargs)
+
+    # -- webhooks --------------------------------------------------------------------------------------
+
+    async def send_webhook(
+        self,
+        url: str,
+        body: Mapping[str, object],
+        *,
+        headers: Mapping[str, str] | None = None,
+        attempts: int = 5,
+        interval: float = 0.0,
+        repeat: int = 1,
+    ) -> list[int]:
+        """
+        POST *body* as JSON to *url* the way AIRUDDER calls a webhook; return every HTTP status seen.
+
+        A non-2xx answer (or no answer) is retried up to *attempts* tries, *interval* seconds apart (the
+        vendor waits a minute). *repeat* delivers the same event that many times, to test de-duplication.
+        """
+        import aiohttp
+
+        statuses: list[int] = []
+        data = _json.dumps(dict(body))
+        sent_headers = {"Content-Type": "application/json", "User-Agent": "Airudder", **(headers or {})}
+        async with aiohttp.ClientSession() as session:
+            for _ in range(repeat):
+                for attempt in range(attempts):
+                    if attempt and interval:
+                        await asyncio.sleep(interval)
+                    try:
+                        async with session.post(url, data=data, headers=sent_headers) as resp:
+                            await resp.read()
+                            statuses.append(resp.status)
+                    except aiohttp.ClientError:
+                        statuses.append(0)
+                        continue
+                    if 200 <= resp.status < 300:
+                        break
+        return statuses
 
     # -- HTTP ------------------------------------------------------------------------------------------
 
