@@ -173,7 +173,9 @@ def _reason(status: int) -> str:
 
 @attrs.frozen
 class Response:
-    """One successful answer: its HTTP status, headers and decoded envelope."""
+    """
+    One successful answer: its HTTP *status*, *headers* and decoded *envelope* (`data`, `status`, `code`).
+    """
 
     status: int
     headers: Mapping[str, str]
@@ -181,6 +183,7 @@ class Response:
 
     @property
     def data(self) -> object:
+        """The envelope's `data`."""
         return self.envelope["data"]
 
 

@@ -11,7 +11,8 @@ AirudderError
 │   ├── InvalidRequestError     another 4xx (or an envelope code in 400..499)
 │   ├── RateLimitedError        429 (retry_after in seconds when the server said)
 │   └── ServerError             5xx (or an envelope code >= 500)
-└── DecodeError                 the answer was not JSON, or its data did not fit the model
+└── DecodeError                 the answer was not JSON, its data did not fit the model, or a webhook
+                                body did not fit its event
 ```
 
 Errors raised by a workflow walk also carry `cursor`, a `Cursor` that resumes the walk exactly where it

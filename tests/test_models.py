@@ -36,7 +36,8 @@ VENDOR_EXAMPLE = json.loads(
   "status": "OK",
   "code": 200
 }
-""")
+"""
+)
 
 
 def test_vendor_example_structures_exactly() -> None:

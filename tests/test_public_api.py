@@ -1,0 +1,128 @@
+"""
+The public surface: every `__all__`, the version, docstrings, and that names resolve.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+
+import pytest
+
+import airudder_async
+
+PUBLIC = {
+    "airudder_async": [
+        "AirudderClient",
+        "DEFAULT_LIMITS",
+        "DEFAULT_RETRY",
+        "DEFAULT_TIMEOUTS",
+        "Limits",
+        "NO_RETRY",
+        "Response",
+        "RetryPolicy",
+        "Timeouts",
+        "WorkflowIterator",
+        "__version__",
+    ],
+    "airudder_async.errors": [
+        "APIError",
+        "AirudderError",
+        "AuthenticationError",
+        "DecodeError",
+        "InvalidRequestError",
+        "NotFoundError",
+        "RateLimitedError",
+        "RequestTimeoutError",
+        "ServerError",
+        "TransportError",
+    ],
+    "airudder_async.models": [
+        "ClientStats",
+        "CreatedWorkflow",
+        "Cursor",
+        "Page",
+        "RequestEvent",
+        "TaskDetail",
+        "Workflow",
+        "WorkflowMatches",
+        "WorkflowStatus",
+    ],
+    "airudder_async.testing": [
+        "APINOTICEINFO_PATH",
+        "AUTH_PATH",
+        "CREATEINSTANCE_PATH",
+        "DETAILINSTANCES_PATH",
+        "FakeAirudder",
+        "Fault",
+        "INSTANCELIST_PATH",
+        "RecordedRequest",
+        "TASKDETAIL_PATH",
+        "make_workflows",
+    ],
+    "airudder_async.webhooks": [
+        "ChatbotSessionEndEvent",
+        "CustomApiCallee",
+        "CustomApiPushEvent",
+        "GenericEvent",
+        "ListCompletionEvent",
+        "ListCompletionRow",
+        "SIGNATURE_HEADER",
+        "StatusChangeAction",
+        "StatusChangeEvent",
+        "WebhookEvent",
+        "WebhookHandler",
+        "WebhookKind",
+        "parse_webhook",
+        "webhook_app",
+        "webhook_handler",
+    ],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_all_snapshot(module: str) -> None:
+    """Each public module exports exactly the names in the snapshot, and each resolves."""
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(PUBLIC[module])
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_public_objects_are_documented(module: str) -> None:
+    """Every public class and function, and every public method on them, has a docstring."""
+    mod = importlib.import_module(module)
+    assert mod.__doc__
+    for name in mod.__all__:
+        obj = getattr(mod, name)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        assert inspect.getdoc(obj), f"{module}.{name} has no docstring"
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") or not (inspect.isfunction(member) or isinstance(member, property)):
+                    continue
+                assert inspect.getdoc(member), f"{module}.{name}.{attr} has no docstring"
+
+
+def test_version_comes_from_metadata() -> None:
+    """__version__ is the installed distribution's version, and unknown attributes still fail."""
+    assert airudder_async.__version__ == importlib.metadata.version("airudder-async")
+    with pytest.raises(AttributeError):
+        _ = airudder_async.no_such_name  # type: ignore[attr-defined]  # checking the module __getattr__
+
+
+def test_cli_and_webhooks_are_not_imported_by_the_package() -> None:
+    """Importing the package imports neither the CLI nor the webhook receiver."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, airudder_async; "
+        "assert not {'airudder_async.__main__', 'airudder_async._cli', 'airudder_async.webhooks'} "
+        "& set(sys.modules), sorted(m for m in sys.modules if m.startswith('airudder'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
