@@ -15,6 +15,7 @@ from typing import Self
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from .errors import AirudderError
 from .models import Cursor, Workflow
@@ -108,10 +109,11 @@ class WorkflowIterator:
         self._index = 0
         self._slots: deque[_Slot] = deque()
         self._recent: set[str] = set()
-        self._last_id: str | None = self._resume_after
+        self._prev_last_id: str | None = self._resume_after  # the last id yielded before this page
         self._finished = False
         self._exhausted = False  # the server's data ended (as opposed to max_items or an error)
-        self.received = 0
+        self._base = 0  # items yielded from pages before the current one
+        self._limit = 0  # items of the current page that may be yielded (max_items may cut it short)
         self.pages = 0
         self.count: int | None = None
         self.last_count: int | None = None
@@ -148,6 +150,17 @@ class WorkflowIterator:
         )
 
     @property
+    def received(self) -> int:
+        """How many workflows this iterator has yielded."""
+        return self._base + self._index
+
+    @property
+    def _last_id(self) -> str | None:
+        if self._index:
+            return self._items[self._index - 1].workflow_id
+        return self._prev_last_id
+
+    @property
     def count_drift(self) -> int:
         """How much `count` changed between the first and the latest page (0 when steady)."""
         if self.count is None or self.last_count is None:
@@ -170,20 +183,24 @@ class WorkflowIterator:
         return self
 
     async def __anext__(self) -> Workflow:
+        # The hot path: one comparison per item. Everything else is settled per page.
+        i = self._index
+        if i < self._limit:
+            self._index = i + 1
+            return self._items[i]
+        return await self._next_page_item()
+
+    async def _next_page_item(self) -> Workflow:
         if self._finished:
             raise StopAsyncIteration
-        while self._index >= len(self._items):
-            if self._exhausted:
+        while self._index >= self._limit:
+            if self._exhausted or (self._max_items is not None and self.received >= self._max_items):
                 self._finish()
                 raise StopAsyncIteration
             await self._advance(self._first if self._loaded is None else self._loaded + 1)
-        item = self._items[self._index]
-        self._index += 1
-        self._last_id = item.workflow_id
-        self.received += 1
-        if self._max_items is not None and self.received >= self._max_items:
-            self._finish()
-        return item
+        i = self._index
+        self._index = i + 1
+        return self._items[i]
 
     async def _advance(self, page: int) -> None:
         """Load *page* into self._items, from its prefetch slot or inline."""
@@ -209,7 +226,9 @@ class WorkflowIterator:
         self._loaded = page
         self.pages += 1
         self._accept(page, items, count)
-        self._top_up()
+        if self._top_up():
+            # Let the new requests go out now, not after the consumer has worked through this page.
+            await anyio.lowlevel.checkpoint()
 
     def _accept(self, page: int, items: list[Workflow], count: int) -> None:
         got = len(items)
@@ -229,8 +248,7 @@ class WorkflowIterator:
             self._exhausted = True
             if covered < count:
                 self.shortfall = count - covered
-        fresh = self._dedupe(items)
-        self._items, self._index = fresh, 0
+        self._set_items(self._dedupe(items))
         if self._exhausted:
             self._cancel_slots()
             if self.shortfall:
@@ -242,6 +260,15 @@ class WorkflowIterator:
                     page,
                     "empty" if got == 0 else "short",
                 )
+
+    def _set_items(self, items: list[Workflow]) -> None:
+        """Make *items* the current page, after the previous one was used up."""
+        self._prev_last_id = self._last_id
+        self._base += self._index
+        self._items, self._index = items, 0
+        self._limit = len(items)
+        if self._max_items is not None:
+            self._limit = min(self._limit, max(0, self._max_items - self._base))
 
     def _dedupe(self, items: list[Workflow]) -> list[Workflow]:
         """Drop items seen on the previous page (the list moved) or before the resume point."""
@@ -259,13 +286,14 @@ class WorkflowIterator:
         self._recent = {w.workflow_id for w in items}
         return items
 
-    def _top_up(self) -> None:
-        """Keep up to *prefetch* pages requested ahead of the one being read."""
+    def _top_up(self) -> bool:
+        """Keep up to *prefetch* pages requested ahead of the one being read; tell if any was added."""
         if self._prefetch <= 1 or self._tg is None or self._exhausted or self._finished:
-            return
+            return False
         if self._last_planned is None:
-            return
+            return False
         limit = self._last_planned
+        added = False
         while len(self._slots) < self._prefetch and self._next_request <= limit:
             slot = _Slot(self._next_request)
             self._next_request += 1
@@ -273,6 +301,8 @@ class WorkflowIterator:
             # The task must not hold the iterator: a consumer that drops it after `break` lets
             # __del__ run and cancel the requests still in flight.
             self._tg.start_soon(_run_slot, slot, self._fetch, name=f"airudder_async._run_slot[{slot.page}]")
+            added = True
+        return added
 
     # -- ending ------------------------------------------------------------------------------------
 
@@ -287,10 +317,11 @@ class WorkflowIterator:
         exc.cursor = self.cursor
         self._finished = True
         self._cancel_slots()
-        self._items, self._index = [], 0
+        self._limit = 0
 
     def _finish(self) -> None:
         self._finished = True
+        self._limit = 0
         self._cancel_slots()
 
     async def aclose(self) -> None:
@@ -299,7 +330,7 @@ class WorkflowIterator:
         """
         pending = list(self._slots)
         self._finished = True
-        self._items, self._index = [], 0
+        self._limit = 0
         self._cancel_slots()
         for slot in pending:
             await slot.done.wait()

@@ -362,17 +362,18 @@ class Transport:
                     policy.attempts,
                     delay,
                 )
-                self._emit(
-                    RequestEvent(
-                        kind="retry",
-                        method=method,
-                        path=path,
-                        attempt=attempt,
-                        status=status_code,
-                        delay=delay,
-                        reason=reason,
+                if self.event_hook is not None:
+                    self._emit(
+                        RequestEvent(
+                            kind="retry",
+                            method=method,
+                            path=path,
+                            attempt=attempt,
+                            status=status_code,
+                            delay=delay,
+                            reason=reason,
+                        )
                     )
-                )
                 await anyio.sleep(delay)
             except DecodeError:
                 self.counters.errors += 1
@@ -423,7 +424,8 @@ class Transport:
             # first suspends, so cancellation would only land after the request went out).
             await anyio.lowlevel.checkpoint_if_cancelled()
             self.counters.requests += 1
-            self._emit(RequestEvent(kind="request", method=method, path=path, attempt=attempt))
+            if self.event_hook is not None:
+                self._emit(RequestEvent(kind="request", method=method, path=path, attempt=attempt))
             started = anyio.current_time()
             try:
                 async with self.session.request(
@@ -438,40 +440,43 @@ class Transport:
                     raw = await resp.read()
                     status, resp_headers = resp.status, resp.headers
             except TimeoutError:
-                self._emit(
-                    RequestEvent(
-                        kind="response",
-                        method=method,
-                        path=path,
-                        attempt=attempt,
-                        elapsed=anyio.current_time() - started,
-                        reason="timeout",
+                if self.event_hook is not None:
+                    self._emit(
+                        RequestEvent(
+                            kind="response",
+                            method=method,
+                            path=path,
+                            attempt=attempt,
+                            elapsed=anyio.current_time() - started,
+                            reason="timeout",
+                        )
                     )
-                )
                 raise RequestTimeoutError("the attempt timed out", method=method, path=path) from None
             except aiohttp.ClientError as exc:
-                self._emit(
-                    RequestEvent(
-                        kind="response",
-                        method=method,
-                        path=path,
-                        attempt=attempt,
-                        elapsed=anyio.current_time() - started,
-                        reason="transport",
+                if self.event_hook is not None:
+                    self._emit(
+                        RequestEvent(
+                            kind="response",
+                            method=method,
+                            path=path,
+                            attempt=attempt,
+                            elapsed=anyio.current_time() - started,
+                            reason="transport",
+                        )
                     )
-                )
                 raise TransportError(
                     f"{type(exc).__name__}: {redact(str(exc), self._secrets())}", method=method, path=path
                 ) from None
         self.counters.responses += 1
-        self._emit(
-            RequestEvent(
-                kind="response",
-                method=method,
-                path=path,
-                attempt=attempt,
-                status=status,
-                elapsed=anyio.current_time() - started,
+        if self.event_hook is not None:
+            self._emit(
+                RequestEvent(
+                    kind="response",
+                    method=method,
+                    path=path,
+                    attempt=attempt,
+                    status=status,
+                    elapsed=anyio.current_time() - started,
+                )
             )
-        )
         return status, resp_headers, raw
