@@ -20,7 +20,7 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
-from ._pagination import WorkflowIterator
+from ._pagination import PageBatches, WorkflowIterator
 from ._session import Response
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "NO_RETRY",
     "AirudderClient",
     "Limits",
+    "PageBatches",
     "Response",
     "RetryPolicy",
     "Timeouts",

@@ -253,23 +253,14 @@ async def _pump(
     max_items: int | None,
 ) -> None:
     """Consume *it*, handing each page's items to *commit* (in a thread) with the cursor after them."""
-    batch: list[Workflow] = []
-    page = it.cursor.page
-    before = page - 1  # pages done by an earlier run of a resumed export
-    async for wf in it:
-        batch.append(wf)
-        if it.page_remaining:
-            continue
-        cursor = it.cursor
-        if cursor.page != page:  # the page is used up: the next item needs another answer
-            page = cursor.page
-            await anyio.to_thread.run_sync(commit, batch, cursor)
-            batch = []
-            progress.update(pages=before + it.pages, done=cursor.received, total=_target(it, max_items))
-    cursor = it.cursor
-    if batch:
+    before = it.cursor.page - 1  # pages done by an earlier run of a resumed export
+    async for batch in it.by_page():
+        cursor = it.cursor  # after a whole page: the resume point is the next page
         await anyio.to_thread.run_sync(commit, batch, cursor)
-    progress.update(pages=before + it.pages, done=cursor.received, total=_target(it, max_items), final=True)
+        progress.update(pages=before + it.pages, done=cursor.received, total=_target(it, max_items))
+    progress.update(
+        pages=before + it.pages, done=it.cursor.received, total=_target(it, max_items), final=True
+    )
 
 
 def _target(it: WorkflowIterator, max_items: int | None) -> int | None:

@@ -136,6 +136,16 @@ def _str_or_none(data: object, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _filters(start_time: datetime | None, end_time: datetime | None) -> dict[str, str]:
+    """The instancelist query parameters for a creation-time window, in the documented form."""
+    params = {}
+    if start_time is not None:
+        params["start_time"] = format_time(start_time)
+    if end_time is not None:
+        params["end_time"] = format_time(end_time)
+    return params
+
+
 def _check_size(name: str, value: int) -> None:
     if type(value) is not int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -361,7 +371,8 @@ class AirudderClient:
         _check_size("size", size)
         _check_window(start_time, end_time)
         transport = self._require_open()
-        items, count = await self._fetch_page(transport, page, size, start_time, end_time, retry, timeouts)
+        filters = _filters(start_time, end_time)
+        items, count = await self._fetch_page(transport, page, size, filters, retry, timeouts)
         return Page(items=tuple(items), count=count, page=page, size=size)
 
     def iter_workflows(
@@ -380,7 +391,9 @@ class AirudderClient:
         """
         Walk every workflow, newest first, across pages; return an async iterator.
 
-        Up to *prefetch* pages are requested ahead (1: one request at a time). With *snapshot* the
+        Up to *prefetch* pages are requested ahead (1: one request at a time); the client's
+        `Limits.max_in_flight` (default 8) still caps requests in flight, so raise it for a deeper
+        window. Use `walk.by_page()` to get lists of a page each instead of items. With *snapshot* the
         walk pins *end_time* to the moment it starts, so workflows created meanwhile do not push older
         ones onto later pages. Pass a *cursor* (from `iterator.cursor` or an error's `cursor`) to
         resume a walk with its own window and page size. *retry* and *timeouts* override the
@@ -403,8 +416,10 @@ class AirudderClient:
             _check_window(start_time, end_time)
         transport = self._require_open()
 
+        filters = _filters(start_time, end_time)
+
         async def fetch(page: int) -> tuple[list[Workflow], int]:
-            return await self._fetch_page(transport, page, page_size, start_time, end_time, retry, timeouts)
+            return await self._fetch_page(transport, page, page_size, filters, retry, timeouts)
 
         return WorkflowIterator(
             fetch=fetch,
@@ -532,16 +547,11 @@ class AirudderClient:
         transport: Transport,
         page: int,
         size: int,
-        start_time: datetime | None,
-        end_time: datetime | None,
+        filters: Mapping[str, str],
         retry: RetryPolicy | None,
         timeouts: Timeouts | None,
     ) -> tuple[list[Workflow], int]:
-        params = {"page": str(page), "size": str(size)}
-        if start_time is not None:
-            params["start_time"] = format_time(start_time)
-        if end_time is not None:
-            params["end_time"] = format_time(end_time)
+        params = {"page": str(page), "size": str(size), **filters}
         response = await transport.call(
             "GET", INSTANCELIST_PATH, params=params, retry=retry, timeouts=timeouts
         )

@@ -20,7 +20,7 @@ import anyio.lowlevel
 from .errors import AirudderError
 from .models import Cursor, Workflow
 
-__all__ = ["WorkflowIterator", "last_page", "pages_left"]
+__all__ = ["PageBatches", "WorkflowIterator", "last_page", "pages_left"]
 
 logger = logging.getLogger("airudder_async")
 
@@ -70,6 +70,23 @@ async def _run_slot(slot: _Slot, fetch: FetchPage) -> None:
         slot.done.set()
 
 
+class PageBatches:
+    """
+    The async iterator `WorkflowIterator.by_page()` returns: the walk's items, one page (a list) at a time.
+    """
+
+    __slots__ = ("_walk",)
+
+    def __init__(self, walk: WorkflowIterator) -> None:
+        self._walk = walk
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> list[Workflow]:
+        return await self._walk._rest_of_page()
+
+
 class WorkflowIterator:
     """
     An async iterator over every workflow of a walk, newest first, fetching up to *prefetch* pages ahead.
@@ -108,7 +125,7 @@ class WorkflowIterator:
         self._items: list[Workflow] = []
         self._index = 0
         self._slots: deque[_Slot] = deque()
-        self._recent: set[str] = set()
+        self._prev_page: list[Workflow] = []  # the previous page as served, for de-duplication
         self._prev_last_id: str | None = self._resume_after  # the last id yielded before this page
         self._finished = False
         self._exhausted = False  # the server's data ended (as opposed to max_items or an error)
@@ -191,6 +208,13 @@ class WorkflowIterator:
         return await self._next_page_item()
 
     async def _next_page_item(self) -> Workflow:
+        await self._fill()
+        i = self._index
+        self._index = i + 1
+        return self._items[i]
+
+    async def _fill(self) -> None:
+        """Make sure the current page has an item left to yield, or raise StopAsyncIteration."""
         if self._finished:
             raise StopAsyncIteration
         while self._index >= self._limit:
@@ -198,9 +222,21 @@ class WorkflowIterator:
                 self._finish()
                 raise StopAsyncIteration
             await self._advance(self._first if self._loaded is None else self._loaded + 1)
-        i = self._index
-        self._index = i + 1
-        return self._items[i]
+
+    async def _rest_of_page(self) -> list[Workflow]:
+        await self._fill()
+        batch = self._items[self._index : self._limit]
+        self._index = self._limit
+        return batch
+
+    def by_page(self) -> PageBatches:
+        """
+        Iterate the rest of this walk a page at a time: each step gives a list of workflows.
+
+        It shares the walk's state (cursor, counters, prefetch), skips the await per item, and makes
+        page boundaries explicit: `walk.cursor` after each list is the resume point after that page.
+        """
+        return PageBatches(self)
 
     async def _advance(self, page: int) -> None:
         """Load *page* into self._items, from its prefetch slot or inline."""
@@ -278,12 +314,14 @@ class WorkflowIterator:
                 skip = ids.index(self._resume_after) + 1
                 items = items[skip:]
             self._resume_after = None
-        recent = self._recent
-        if recent:
-            kept = [w for w in items if w.workflow_id not in recent]
+        prev, self._prev_page = self._prev_page, items
+        # Newest first: a page whose first item is not older than the previous page's last one may
+        # repeat items the list pushed across the boundary. Only then is it worth comparing ids.
+        if prev and items and items[0].create_time >= prev[-1].create_time:
+            seen = {w.workflow_id for w in prev}
+            kept = [w for w in items if w.workflow_id not in seen]
             self.duplicates_skipped += len(items) - len(kept)
             items = kept
-        self._recent = {w.workflow_id for w in items}
         return items
 
     def _top_up(self) -> bool:

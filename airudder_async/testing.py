@@ -255,14 +255,14 @@ class FakeAirudder:
         """Return every workflow id, newest first."""
         return [str(w["workflow_id"]) for w in self._workflows]
 
-    def add_workflows(self, n: int) -> list[dict[str, object]]:
-        """Append *n* synthetic workflows older than every existing one; return them."""
+    def add_workflows(self, n: int, *, step: float = 37.0) -> list[dict[str, object]]:
+        """Append *n* synthetic workflows, *step* seconds apart, not newer than any existing one."""
         oldest = (
-            datetime.fromisoformat(str(self._workflows[-1]["create_time"])) - timedelta(seconds=37)
+            datetime.fromisoformat(str(self._workflows[-1]["create_time"])) - timedelta(seconds=step)
             if self._workflows
             else _BASE_TIME
         )
-        new = make_workflows(n, seed=self.seed, newest=oldest, start_index=self._generated)
+        new = make_workflows(n, seed=self.seed, newest=oldest, step=step, start_index=self._generated)
         self._generated += n
         self._workflows.extend(new)
         self._keys.extend(-_parse_ts(w) for w in new)

@@ -190,3 +190,48 @@ async def test_walk_error_with_prefetch_carries_cursor() -> None:
         assert [w async for w in walk] == []
         got += [w.workflow_id async for w in client.iter_workflows(cursor=cursor)]
     assert got == fake.workflow_ids()
+
+
+@pytest.mark.anyio
+async def test_equal_creation_times_across_pages_are_not_dropped() -> None:
+    """Workflows created in the same second on both sides of a page boundary are all yielded."""
+    async with FakeAirudder() as fake, fake.client() as client:
+        fake.add_workflows(250, step=0.0)
+        walk = client.iter_workflows(page_size=100)
+        ids = [w.workflow_id async for w in walk]
+    assert ids == fake.workflow_ids()
+    assert walk.duplicates_skipped == 0
+
+
+@pytest.mark.anyio
+async def test_by_page_yields_lists_and_shares_the_walk() -> None:
+    """by_page() gives the rest of the walk a page at a time, after items taken one by one."""
+    async with FakeAirudder(workflows=530) as fake, fake.client() as client:
+        walk = client.iter_workflows(page_size=100, max_items=450)
+        first = [await walk.__anext__() for _ in range(30)]
+        batches = []
+        async for batch in walk.by_page():
+            batches.append(batch)
+            assert walk.page_remaining == 0 or walk.received == 450
+        ids = [w.workflow_id for w in first] + [w.workflow_id for b in batches for w in b]
+        assert [len(b) for b in batches] == [70, 100, 100, 100, 50]
+        assert ids == fake.workflow_ids()[:450]
+        assert walk.is_finished and [b async for b in walk.by_page()] == []
+
+
+@pytest.mark.anyio
+async def test_by_page_cursor_after_each_batch_resumes_the_next_page() -> None:
+    """After each batch the cursor points at the next page; a failure carries it."""
+    async with FakeAirudder(workflows=500) as fake, fake.client() as client:
+        fake.inject(Fault.malformed_json(), on=4)
+        walk = client.iter_workflows(page_size=100)
+        pages = []
+        with pytest.raises(Exception) as info:  # noqa: PT011 - checked below
+            async for batch in walk.by_page():
+                pages.append(walk.cursor.page)
+                assert len(batch) == 100
+        assert pages == [2, 3, 4]
+        cursor = info.value.cursor  # type: ignore[attr-defined]  # an AirudderError
+        assert cursor.page == 4
+        rest = [w.workflow_id async for w in client.iter_workflows(cursor=cursor)]
+    assert rest == fake.workflow_ids()[300:]

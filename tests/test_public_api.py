@@ -20,6 +20,7 @@ PUBLIC = {
         "DEFAULT_TIMEOUTS",
         "Limits",
         "NO_RETRY",
+        "PageBatches",
         "Response",
         "RetryPolicy",
         "Timeouts",

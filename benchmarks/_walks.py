@@ -1,0 +1,123 @@
+"""
+The walks the benchmarks time: the library's iter_workflows() and three hand-written sequential loops.
+
+Every walk opens its own client, authenticates and sends one warm-up request before the clock starts,
+so the timed part is the walk alone: N items, page after page, each item touched once by the consumer.
+Each walk calls *probe* (the server's CPU seconds so far) just outside its clock and returns (items
+walked, wall seconds, CPU seconds of this process, CPU seconds of the server).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+
+from airudder_async import DEFAULT_LIMITS, AirudderClient, Limits
+
+AUTH_PATH = "/service/cloud/auth"
+LIST_PATH = "/service/cloud/workflow/instancelist"
+
+Server = dict[str, Any]  # the JSON line printed by _server.py: url, app_key, app_secret, ...
+Probe = Callable[[], float]
+Result = tuple[int, float, float, float]  # items, wall seconds, client CPU seconds, server CPU seconds
+Walk = Callable[[Server, int, int, Probe], Awaitable[Result]]
+
+
+def library(prefetch: int) -> Walk:
+    """Return a walk through `client.iter_workflows(page_size=, prefetch=, max_items=)` (typed items)."""
+
+    async def walk(server: Server, size: int, items: int, probe: Probe) -> Result:
+        # Limits.max_in_flight (default 8) caps the requests in flight whatever the prefetch: raise it
+        # for deeper windows, as a user asking for prefetch=16 would have to.
+        limits = Limits(max_in_flight=max(prefetch, DEFAULT_LIMITS.max_in_flight))
+        async with AirudderClient(
+            app_key=server["app_key"], app_secret=server["app_secret"], base_url=server["url"], limits=limits
+        ) as client:
+            await client.list_workflows(page=1, size=1)  # token and one open connection, untimed
+            n, cap = 0, None if items >= server["workflows"] else items  # a full walk keeps the default
+            server_cpu = probe()
+            started, cpu = time.perf_counter(), time.process_time()
+            async with client.iter_workflows(page_size=size, prefetch=prefetch, max_items=cap) as it:
+                async for _wf in it:
+                    n += 1
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            return n, elapsed, cpu, probe() - server_cpu
+
+    return walk
+
+
+def _pages(count: int, size: int, items: int, page: int, got: int, n: int) -> bool:
+    """Tell whether a plain loop asks for another page (same stop rule for every baseline)."""
+    return n < items and got == size and page * size < count
+
+
+def plain_aiohttp(decode: str) -> Walk:
+    """Return a sequential aiohttp loop decoding with `resp.json()` ("json") or orjson ("orjson")."""
+
+    async def walk(server: Server, size: int, items: int, probe: Probe) -> Result:
+        url = server["url"] + LIST_PATH
+        async with aiohttp.ClientSession() as session:
+            creds = {"APPKey": server["app_key"], "APPSecret": server["app_secret"]}
+            async with session.post(server["url"] + AUTH_PATH, json=creds) as resp:
+                token = (await resp.json())["data"]["token"]
+            headers = {"Authorization": f"Token {token}"}
+            async with session.get(url, params={"page": "1", "size": "1"}, headers=headers) as resp:
+                await resp.read()  # warm-up, untimed
+            n, page = 0, 1
+            server_cpu = probe()
+            started, cpu = time.perf_counter(), time.process_time()
+            while True:
+                params = {"page": str(page), "size": str(size)}
+                async with session.get(url, params=params, headers=headers) as resp:
+                    if decode == "orjson":
+                        body = orjson.loads(await resp.read())
+                    else:
+                        body = await resp.json()
+                data = body["data"]
+                lists = data["lists"]
+                for _item in lists:
+                    n += 1
+                    if n >= items:
+                        break
+                if not _pages(data["count"], size, items, page, len(lists), n):
+                    break
+                page += 1
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            return n, elapsed, cpu, probe() - server_cpu
+
+    return walk
+
+
+def plain_httpx() -> Walk:
+    """Return a sequential httpx.AsyncClient loop decoding with `resp.json()`."""
+
+    async def walk(server: Server, size: int, items: int, probe: Probe) -> Result:
+        async with httpx.AsyncClient(base_url=server["url"]) as client:
+            creds = {"APPKey": server["app_key"], "APPSecret": server["app_secret"]}
+            token = (await client.post(AUTH_PATH, json=creds)).json()["data"]["token"]
+            headers = {"Authorization": f"Token {token}"}
+            (await client.get(LIST_PATH, params={"page": "1", "size": "1"}, headers=headers)).read()
+            n, page = 0, 1
+            server_cpu = probe()
+            started, cpu = time.perf_counter(), time.process_time()
+            while True:
+                params = {"page": str(page), "size": str(size)}
+                body = (await client.get(LIST_PATH, params=params, headers=headers)).json()
+                data = body["data"]
+                lists = data["lists"]
+                for _item in lists:
+                    n += 1
+                    if n >= items:
+                        break
+                if not _pages(data["count"], size, items, page, len(lists), n):
+                    break
+                page += 1
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            return n, elapsed, cpu, probe() - server_cpu
+
+    return walk
