@@ -28,8 +28,12 @@ Result = tuple[int, float, float, float]  # items, wall seconds, client CPU seco
 Walk = Callable[[Server, int, int, Probe], Awaitable[Result]]
 
 
-def library(prefetch: int) -> Walk:
-    """Return a walk through `client.iter_workflows(page_size=, prefetch=, max_items=)` (typed items)."""
+def library(prefetch: int, *, by_page: bool = False) -> Walk:
+    """
+    Return a walk through `client.iter_workflows(page_size=, prefetch=, max_items=)` (typed items).
+
+    With *by_page* the consumer takes the walk a page (a list) at a time through `walk.by_page()`.
+    """
 
     async def walk(server: Server, size: int, items: int, probe: Probe) -> Result:
         # Limits.max_in_flight (default 8) caps the requests in flight whatever the prefetch: raise it
@@ -43,8 +47,13 @@ def library(prefetch: int) -> Walk:
             server_cpu = probe()
             started, cpu = time.perf_counter(), time.process_time()
             async with client.iter_workflows(page_size=size, prefetch=prefetch, max_items=cap) as it:
-                async for _wf in it:
-                    n += 1
+                if by_page:
+                    async for batch in it.by_page():
+                        for _wf in batch:
+                            n += 1
+                else:
+                    async for _wf in it:
+                        n += 1
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
             return n, elapsed, cpu, probe() - server_cpu
 
