@@ -4,6 +4,7 @@ APPKey/APPSecret -> token (POST /service/cloud/auth), cached and shared by every
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Awaitable, Callable
 
@@ -29,8 +30,9 @@ class TokenCache:
     """
     Holds the current token; one refresh at a time, shared by everyone waiting for it.
 
-    *fetch* performs the auth call and returns the token. A failed fetch is reported to every caller that
-    was waiting for it, so bad credentials cost one auth request, not one per waiting caller.
+    *fetch* performs the auth call and returns the token. A failed fetch is reported (as a copy, so each
+    caller may annotate its own) to every caller that was already waiting when it ended: a wave of
+    concurrent callers with bad credentials costs one auth request, not one each.
     """
 
     def __init__(
@@ -48,7 +50,7 @@ class TokenCache:
         self._lock = anyio.Lock()
         self._token: str | None = None
         self._obtained_at = 0.0
-        self._generation = 0  # bumped by every fetch attempt
+        self._completed = 0  # fetches that ended, successfully or not
         self._failure: AirudderError | None = None
         self._successes = 0
         self.fetches = 0
@@ -71,21 +73,24 @@ class TokenCache:
         token = self._current()
         if token is not None:
             return token
-        generation = self._generation
+        completed = self._completed
         async with self._lock:
             token = self._current()
             if token is not None:
                 return token
-            if self._generation != generation and self._failure is not None:
-                raise self._failure  # the fetch we waited for failed: don't ask again
-            self._generation += 1
+            failure = self._failure
+            if self._completed != completed and failure is not None:
+                # A fetch ended in failure while we waited: share it rather than ask again.
+                raise copy.copy(failure) from failure
+            self._failure = None
             self.fetches += 1
             try:
                 token = await self._fetch()
             except AirudderError as exc:
                 self._failure = exc
+                self._completed += 1
                 raise
-            self._failure = None
+            self._completed += 1
             if self._successes:
                 self.refreshes += 1
             self._successes += 1
@@ -98,8 +103,3 @@ class TokenCache:
         """
         if self._token == refused:
             self._token = None
-
-    @property
-    def has_token(self) -> bool:
-        """Tell whether a token is cached (fresh or not)."""
-        return self._token is not None

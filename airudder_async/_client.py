@@ -4,6 +4,7 @@ AirudderClient: the lifecycle (async with / aclose) and one method per endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import platform
@@ -199,6 +200,8 @@ class AirudderClient:
         self._session: aiohttp.ClientSession | None = None
         self._transport: Transport | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._owner: asyncio.Task[None] | None = None
+        self._stop: anyio.Event | None = None
         self._state = "new"
 
     @classmethod
@@ -250,11 +253,27 @@ class AirudderClient:
             app_secret=self._app_secret,
             event_hook=self._event_hook,
         )
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
+        # Prefetch tasks live in a task group held by one owner task, not by the caller's task: a task
+        # group entered here would keep a cancel scope open across the caller's code, breaking any
+        # scope the caller opens and closes around it, and a client opened in one task and closed in
+        # another. aclose() stops the owner and waits for it, so nothing outlives the client.
+        started = anyio.Event()
+        self._stop = anyio.Event()
+        self._owner = asyncio.get_running_loop().create_task(self._own_task_group(started, self._stop))
+        await started.wait()
         self._state = "open"
         return self
+
+    async def _own_task_group(self, started: anyio.Event, stop: anyio.Event) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                started.set()
+                await stop.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._tg = None
+            started.set()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -269,11 +288,11 @@ class AirudderClient:
             self._state = "closed"
             return
         self._state = "closed"
-        tg, self._tg = self._tg, None
         try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
+            if self._stop is not None and self._owner is not None:
+                self._stop.set()
+                with anyio.CancelScope(shield=True):
+                    await self._owner
         finally:
             if self._session is not None:
                 await self._session.close()

@@ -24,6 +24,7 @@ __all__ = ["PageBatches", "WorkflowIterator", "last_page", "pages_left"]
 
 logger = logging.getLogger("airudder_async")
 
+_MAX_STALE_PAGES = 2  # consecutive pages of nothing but repeats that end a walk
 FetchPage = Callable[[int], Awaitable[tuple[list[Workflow], int]]]
 
 
@@ -126,6 +127,7 @@ class WorkflowIterator:
         self._index = 0
         self._slots: deque[_Slot] = deque()
         self._prev_page: list[Workflow] = []  # the previous page as served, for de-duplication
+        self._stale_pages = 0  # consecutive non-empty pages that held nothing new
         self._prev_last_id: str | None = self._resume_after  # the last id yielded before this page
         self._finished = False
         self._exhausted = False  # the server's data ended (as opposed to max_items or an error)
@@ -240,6 +242,7 @@ class WorkflowIterator:
 
     async def _advance(self, page: int) -> None:
         """Load *page* into self._items, from its prefetch slot or inline."""
+        slot = None
         try:
             if self._slots:
                 slot = self._slots.popleft()
@@ -255,8 +258,10 @@ class WorkflowIterator:
         except AirudderError as exc:
             self._fail(exc)
             raise
-        except BaseException:
+        except BaseException:  # cancelled while waiting: stop the awaited request too
             self._finished = True
+            if slot is not None:
+                slot.scope.cancel()
             self._cancel_slots()
             raise
         self._loaded = page
@@ -284,7 +289,18 @@ class WorkflowIterator:
             self._exhausted = True
             if covered < count:
                 self.shortfall = count - covered
-        self._set_items(self._dedupe(items))
+        fresh = self._dedupe(items)
+        self._stale_pages = self._stale_pages + 1 if got and not fresh else 0
+        if self._stale_pages >= _MAX_STALE_PAGES and not self._exhausted:
+            # A server that ignores `page` (or clamps it) repeats itself forever: stop, say so.
+            self._exhausted = True
+            logger.warning(
+                "instancelist pages %d to %d brought no new workflow; the server seems to ignore "
+                "`page`, so the walk ends here",
+                page - _MAX_STALE_PAGES + 1,
+                page,
+            )
+        self._set_items(fresh)
         if self._exhausted:
             self._cancel_slots()
             if self.shortfall:

@@ -473,3 +473,38 @@ async def test_per_walk_retry_policy_overrides_the_client() -> None:
         fake.inject(Fault.http_status(503), on=2)
         ids = [w.workflow_id async for w in client.iter_workflows(page_size=100, prefetch=1)]
     assert ids == fake.workflow_ids()
+
+
+async def test_client_opened_and_closed_in_different_tasks() -> None:
+    """A client opened in one task can walk in others and be closed in a third, cancel scopes intact."""
+    async with FakeAirudder(workflows=500) as fake:
+        client = fake.client()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.__aenter__)
+        with anyio.move_on_after(5):
+            ids = [w.workflow_id async for w in client.iter_workflows(page_size=50)]
+        results: list[int] = []
+
+        async def walk() -> None:
+            results.append(len([w async for w in client.iter_workflows(page_size=50, prefetch=4)]))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(walk)
+            tg.start_soon(walk)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.aclose)
+    assert ids == fake.workflow_ids()
+    assert results == [500, 500]
+
+
+async def test_client_entered_inside_a_scope_that_ends_first() -> None:
+    """Opening the client inside a cancel scope that closes before the client does is fine."""
+    async with FakeAirudder(workflows=10) as fake:
+        client = fake.client()
+        with anyio.move_on_after(5):
+            await client.__aenter__()
+        try:
+            page = await client.list_workflows()
+        finally:
+            await client.aclose()
+    assert len(page.items) == 10

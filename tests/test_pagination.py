@@ -11,6 +11,7 @@ from contextlib import aclosing
 import anyio
 import anyio.lowlevel
 import pytest
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -216,7 +217,8 @@ async def test_by_page_yields_lists_and_shares_the_walk() -> None:
         ids = [w.workflow_id for w in first] + [w.workflow_id for b in batches for w in b]
         assert [len(b) for b in batches] == [70, 100, 100, 100, 50]
         assert ids == fake.workflow_ids()[:450]
-        assert walk.is_finished and [b async for b in walk.by_page()] == []
+        assert walk.is_finished
+        assert [b async for b in walk.by_page()] == []
 
 
 @pytest.mark.anyio
@@ -235,3 +237,42 @@ async def test_by_page_cursor_after_each_batch_resumes_the_next_page() -> None:
         assert cursor.page == 4
         rest = [w.workflow_id async for w in client.iter_workflows(cursor=cursor)]
     assert rest == fake.workflow_ids()[300:]
+
+
+class _IgnoresPage(FakeAirudder):
+    """A broken server: whatever `page` asks, it answers page 1."""
+
+    async def _instancelist(self, request: web.Request) -> web.Response:
+        query = request.rel_url.query.copy()
+        query["page"] = "1"
+        return await super()._instancelist(request.clone(rel_url=request.rel_url.with_query(query)))
+
+
+@pytest.mark.anyio
+async def test_server_ignoring_page_does_not_loop_forever(caplog: pytest.LogCaptureFixture) -> None:
+    """A server that answers every page with the first one ends the walk after two repeats."""
+    async with _IgnoresPage(workflows=60) as fake:
+        fake.count_offset = -50  # count=10 while page 1 holds 20: a stale count, so the walk follows data
+        async with fake.client() as client:
+            walk = client.iter_workflows(page_size=20, prefetch=1)
+            with anyio.fail_after(5):
+                ids = [w.workflow_id async for w in walk]
+    assert ids == fake.workflow_ids()[:20]
+    assert fake.hits(*LIST) == 3
+    assert "ignore" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_cancelled_consumer_stops_the_awaited_request() -> None:
+    """Cancelling a consumer waiting for a prefetched page cancels that page's request too."""
+    async with FakeAirudder(workflows=3000, latency=0.3) as fake, fake.client() as client:
+        walk = client.iter_workflows(page_size=100, prefetch=4)
+        await walk.__anext__()  # page 1 arrives; pages 2-5 are requested
+        walk._index = walk._limit  # skip the rest of page 1: the next item needs page 2
+        with anyio.move_on_after(0.05):
+            await walk.__anext__()
+        await anyio.sleep(0)
+        assert _client_tasks() == []
+        responses = client.stats.responses
+        await anyio.sleep(0.4)
+        assert client.stats.responses == responses  # no request finished after the cancellation

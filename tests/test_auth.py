@@ -1,0 +1,100 @@
+"""
+The token cache: one fetch shared by concurrent callers, failures shared but not aliased, no stale failure.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from airudder_async import AirudderClient, RetryPolicy
+from airudder_async._auth import TokenCache, is_fresh
+from airudder_async.errors import AirudderError, AuthenticationError, ServerError
+from airudder_async.testing import AUTH_PATH, FakeAirudder, Fault
+
+pytestmark = pytest.mark.anyio
+
+
+def test_is_fresh_margin() -> None:
+    """A token counts as fresh until the margin before its lifetime ends."""
+    assert is_fresh(0.0, 100.0, lifetime=1000, margin=100)
+    assert not is_fresh(0.0, 900.0, lifetime=1000, margin=100)
+
+
+async def test_callers_arriving_during_a_failing_fetch_share_it() -> None:
+    """Callers that arrive while a doomed auth request is in flight get its failure, not a new request."""
+    async with FakeAirudder(latency=0.1) as fake:
+        client = AirudderClient(app_key=fake.app_key, app_secret="not-the-secret", base_url=fake.url)
+        errors: list[BaseException] = []
+
+        async def call() -> None:
+            try:
+                await client.list_workflows()
+            except AuthenticationError as exc:
+                errors.append(exc)
+
+        async with client, anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await anyio.sleep(0.03)  # the first auth request is now in flight
+            for _ in range(5):
+                tg.start_soon(call)
+    assert len(errors) == 6
+    assert fake.hits("POST", AUTH_PATH) == 1
+    assert len({id(e) for e in errors}) == 6  # each caller gets its own exception object
+
+
+async def test_walks_sharing_an_auth_failure_keep_their_own_cursors() -> None:
+    """Two walks failing on the same auth answer each carry their own cursor."""
+    async with (
+        FakeAirudder(workflows=10, latency=0.05) as fake,
+        fake.client(retry=RetryPolicy(attempts=1)) as client,
+    ):
+        fake.inject(Fault.http_status(503), path=AUTH_PATH)
+        cursors = {}
+
+        async def walk(size: int) -> None:
+            try:
+                async for _ in client.iter_workflows(page_size=size):
+                    pass
+            except ServerError as exc:
+                cursors[size] = exc.cursor
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(walk, 7)
+            tg.start_soon(walk, 9)
+    assert fake.hits("POST", AUTH_PATH) == 1
+    assert cursors[7] is not None and cursors[7].page_size == 7
+    assert cursors[9] is not None and cursors[9].page_size == 9
+
+
+async def test_cancelled_fetch_does_not_resurrect_an_old_failure() -> None:
+    """After a failed fetch and a cancelled one, the next caller asks again instead of re-raising."""
+    calls = 0
+    gate = anyio.Event()
+
+    async def fetch() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ServerError("old failure", status=503)
+        if calls == 2:
+            await gate.wait()  # cancelled below
+        return "fresh-token-value"
+
+    cache = TokenCache(fetch)
+    with pytest.raises(ServerError):
+        await cache.get()
+
+    async def waiter(results: list[object]) -> None:
+        try:
+            results.append(await cache.get())
+        except AirudderError as exc:
+            results.append(exc)
+
+    results: list[object] = []
+    async with anyio.create_task_group() as tg:
+        with anyio.move_on_after(0.05):
+            tg.start_soon(waiter, results)  # queues behind the second fetch
+            await cache.get()  # the second fetch, cancelled while in flight
+    assert results == ["fresh-token-value"]
+    assert calls == 3
