@@ -63,8 +63,7 @@ async def test_walks_sharing_an_auth_failure_keep_their_own_cursors() -> None:
             tg.start_soon(walk, 7)
             tg.start_soon(walk, 9)
     assert fake.hits("POST", AUTH_PATH) == 1
-    assert cursors[7] is not None and cursors[7].page_size == 7
-    assert cursors[9] is not None and cursors[9].page_size == 9
+    assert [c.page_size if c else None for c in (cursors[7], cursors[9])] == [7, 9]
 
 
 async def test_cancelled_fetch_does_not_resurrect_an_old_failure() -> None:

@@ -271,7 +271,7 @@ async def test_cancelled_consumer_stops_the_awaited_request() -> None:
         walk._index = walk._limit  # skip the rest of page 1: the next item needs page 2
         with anyio.move_on_after(0.05):
             await walk.__anext__()
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         assert _client_tasks() == []
         responses = client.stats.responses
         await anyio.sleep(0.4)
