@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -70,6 +70,8 @@ def check_base_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"base_url must be scheme://host[:port][/prefix], got {url!r}")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ValueError(
             f"base_url {url!r} is plain http: the token would travel in clear text; "
@@ -147,6 +149,16 @@ def _filters(start_time: datetime | None, end_time: datetime | None) -> dict[str
     return params
 
 
+def _check_overrides(retry: object, timeouts: object, idempotent: object = None) -> None:
+    """Refuse per-call overrides of the wrong type before anything is sent."""
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
+    if timeouts is not None and not isinstance(timeouts, Timeouts):
+        raise TypeError(f"timeouts must be a Timeouts or None, got {type(timeouts).__name__}")
+    if idempotent is not None and type(idempotent) is not bool:
+        raise TypeError(f"idempotent must be a bool or None, got {type(idempotent).__name__}")
+
+
 def _check_size(name: str, value: int) -> None:
     if type(value) is not int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -205,22 +217,38 @@ class AirudderClient:
         self._state = "new"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Self:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        base_url: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        limits: Limits = DEFAULT_LIMITS,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        user_agent: str | None = None,
+        event_hook: Callable[[RequestEvent], object] | None = None,
+    ) -> Self:
         """
         Build a client from `AIRUDDER_APP_KEY`, `AIRUDDER_APP_SECRET` and optional `AIRUDDER_BASE_URL`.
 
-        Other keyword arguments go to the constructor. Raises `RuntimeError` naming a missing variable.
+        An explicit *base_url* wins over the environment; the other arguments are the constructor's.
+        Raises `RuntimeError` naming a missing variable.
         """
         env = os.environ if environ is None else environ
         missing = [n for n in ("AIRUDDER_APP_KEY", "AIRUDDER_APP_SECRET") if not env.get(n)]
         if missing:
             raise RuntimeError(f"set {' and '.join(missing)} in the environment")
-        base_url = env.get("AIRUDDER_BASE_URL") or kwargs.pop("base_url", DEFAULT_BASE_URL)
         return cls(
             app_key=env["AIRUDDER_APP_KEY"],
             app_secret=env["AIRUDDER_APP_SECRET"],
-            base_url=base_url,
-            **kwargs,
+            base_url=base_url or env.get("AIRUDDER_BASE_URL") or DEFAULT_BASE_URL,
+            session=session,
+            timeouts=timeouts,
+            limits=limits,
+            retry=retry,
+            user_agent=user_agent,
+            event_hook=event_hook,
         )
 
     def __repr__(self) -> str:
@@ -330,8 +358,9 @@ class AirudderClient:
         """
         Call any API *path* with the client's auth, pacing, retries and error mapping; return `data`.
 
-        GET calls are retried by default, others only with *idempotent* true or a policy with
-        `retry_unsafe`. Use `request_full()` for the whole envelope and headers.
+        *idempotent* says whether the call may be retried: `True` or `False` decide; `None` (the
+        default) retries GET calls, and other methods only under a policy with `retry_unsafe`.
+        Use `request_full()` for the whole envelope and headers.
         """
         response = await self.request_full(
             method, path, params=params, json=json, idempotent=idempotent, retry=retry, timeouts=timeouts
@@ -356,6 +385,11 @@ class AirudderClient:
             raise ValueError(f"method must be an HTTP method name, got {method!r}")
         if not isinstance(path, str) or not path.startswith("/") or "//" in path:
             raise ValueError(f"path must be an absolute API path like '/service/cloud/...', got {path!r}")
+        _check_overrides(retry, timeouts, idempotent)
+        if params is not None:
+            bad = [k for k, v in params.items() if not isinstance(k, str) or not isinstance(v, str | int)]
+            if bad or any(isinstance(v, bool) for v in params.values()):
+                raise TypeError(f"params values must be str or int, check {bad or list(params)}")
         transport = self._require_open()
         str_params = None if params is None else {k: str(v) for k, v in params.items()}
         return await transport.call(
@@ -389,6 +423,7 @@ class AirudderClient:
             raise ValueError(f"page must be an int >= 1, got {page!r}")
         _check_size("size", size)
         _check_window(start_time, end_time)
+        _check_overrides(retry, timeouts)
         transport = self._require_open()
         filters = _filters(start_time, end_time)
         items, count = await self._fetch_page(transport, page, size, filters, retry, timeouts)
@@ -430,6 +465,7 @@ class AirudderClient:
             start_time, end_time, page_size = cursor.start_time, cursor.end_time, cursor.page_size
         _check_size("page_size", page_size)
         _check_window(start_time, end_time)
+        _check_overrides(retry, timeouts)
         if snapshot and end_time is None and cursor is None:
             end_time = datetime.now(UTC).replace(microsecond=0)
             _check_window(start_time, end_time)
@@ -469,7 +505,8 @@ class AirudderClient:
         Create a workflow task from a template (`POST /service/cloud/workflow/createinstance`).
 
         *extra* carries fields the vendor uses but does not document. The call is not retried on
-        failure (it could create the task twice) unless *retry_unsafe* is true.
+        failure (it could create the task twice) unless *retry_unsafe* is true, or the client's
+        `RetryPolicy` has `retry_unsafe`.
         """
         if type(workflow_template_id) is not int:
             raise TypeError(f"workflow_template_id must be an int, got {type(workflow_template_id).__name__}")
@@ -492,7 +529,10 @@ class AirudderClient:
         if workflow_name is not None:
             body["workflow_name"] = workflow_name
         data = await self.request(
-            "POST", CREATEINSTANCE_PATH, json=_merge_extra(body, extra), idempotent=retry_unsafe
+            "POST",
+            CREATEINSTANCE_PATH,
+            json=_merge_extra(body, extra),
+            idempotent=True if retry_unsafe else None,
         )
         return CreatedWorkflow(workflow_id=_str_or_none(data, "workflow_id"), data=data)
 
@@ -538,17 +578,17 @@ class AirudderClient:
         }
         if case_id is not None:
             body["case_id"] = case_id
-        return await self.request("POST", APINOTICEINFO_PATH, json=body, idempotent=False)
+        return await self.request("POST", APINOTICEINFO_PATH, json=body)
 
-    async def get_task_detail(self, *, fields: Mapping[str, object], retry: bool = True) -> TaskDetail:
+    async def get_task_detail(self, *, fields: Mapping[str, object], idempotent: bool = True) -> TaskDetail:
         """
         Get the outbound task details of a workflow (`taskdetail`); its request *fields* are undocumented.
 
-        A read, so it is retried unless *retry* is false.
+        A read, so it is retried unless *idempotent* is false.
         """
         if not isinstance(fields, Mapping) or not fields:
             raise ValueError("fields must be a non-empty mapping of the request's fields")
-        data = await self.request("POST", TASKDETAIL_PATH, json=dict(fields), idempotent=retry)
+        data = await self.request("POST", TASKDETAIL_PATH, json=dict(fields), idempotent=idempotent)
         rows = data.get("lists", data.get("list", data.get("records"))) if isinstance(data, dict) else data
         records = tuple(r for r in rows if isinstance(r, dict)) if isinstance(rows, list) else ()
         return TaskDetail(

@@ -93,8 +93,9 @@ def error_for(
         return AuthenticationError(message, **kwargs)
     if key == 404:
         return NotFoundError(message, **kwargs)
+    kwargs["retry_after"] = retry_after
     if key == 429:
-        return RateLimitedError(message, retry_after=retry_after, **kwargs)
+        return RateLimitedError(message, **kwargs)
     if key >= 500:
         return ServerError(message, **kwargs)
     if 400 <= key < 500:
@@ -143,7 +144,9 @@ def interpret(
         message = raw_message if isinstance(raw_message, str) else ""
         shown: object = redact(parsed, secrets)
     else:
-        shown = redact(body[:_BODY_TEXT_LIMIT].decode("utf-8", "replace"), secrets)
+        # Scrub before cutting, so a secret that spans the cut cannot leave a visible prefix.
+        text = redact(body.decode("utf-8", "replace"), secrets)
+        shown = text[:_BODY_TEXT_LIMIT] if isinstance(text, str) else text
     if ok_status and code is None and envelope_status is None:
         raise DecodeError("answer is not an envelope: no code or status", method=method, path=path)
     if not message:
@@ -230,9 +233,9 @@ class Transport:
     def __repr__(self) -> str:
         return f"<Transport {self.base_url}>"
 
-    def _secrets(self) -> tuple[str, ...]:
-        token = self.auth._token
-        return (self._app_secret, token) if token else (self._app_secret,)
+    def _secrets(self, used: str | None = None) -> tuple[str, ...]:
+        """The strings to scrub: the secret, the current token, and the token an attempt used."""
+        return tuple(s for s in (self._app_secret, self.auth._token, used) if s)
 
     def stats(self) -> ClientStats:
         c = self.counters
@@ -294,8 +297,8 @@ class Transport:
         Send one logical call (with its retries) and return the successful answer.
         """
         policy = retry or self.retry
-        may_retry = idempotent if idempotent is not None else method in SAFE_METHODS
-        may_retry = may_retry or policy.retry_unsafe
+        # An explicit answer from the caller wins; otherwise reads retry, and writes only by policy.
+        may_retry = idempotent if idempotent is not None else (method in SAFE_METHODS or policy.retry_unsafe)
         body = None if json is None else _json.dumps(json)
         if policy.deadline is None:
             return await self._call(method, path, params, body, auth, may_retry, policy, timeouts)
@@ -328,7 +331,9 @@ class Transport:
             token = await self.auth.get() if auth else None
             try:
                 status, headers, raw = await self._send(method, path, params, body, token, timeouts, attempt)
-                envelope = interpret(status, headers, raw, method=method, path=path, secrets=self._secrets())
+                envelope = interpret(
+                    status, headers, raw, method=method, path=path, secrets=self._secrets(token)
+                )
                 return Response(status, headers, envelope)
             except AuthenticationError:
                 if token is not None and not replayed:
@@ -347,9 +352,10 @@ class Transport:
                 if delay is None:
                     self.counters.errors += 1
                     raise
-                if isinstance(exc, RateLimitedError):
+                if isinstance(exc, RateLimitedError) or (isinstance(exc, APIError) and exc.retry_after):
+                    # The server asked us to slow down: every task waits, not only this one.
                     self.pacer.cool_down(delay)
-                reason = retry_reason(status_code if status_code is not None else None, exc)
+                reason = retry_reason(status_code, exc)
                 if isinstance(exc, APIError) and 200 <= exc.status < 300:
                     reason = f"code {exc.code}"
                 self.counters.retries[reason] = self.counters.retries.get(reason, 0) + 1
@@ -388,7 +394,7 @@ class Transport:
         else:
             key = exc.code if 200 <= exc.status < 300 and exc.code is not None else exc.status
             retryable = key in policy.statuses
-        retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+        retry_after = exc.retry_after if isinstance(exc, APIError) else None
         if retry_after is not None and retry_after > policy.retry_after_max:
             return None  # the server asks for longer than we may wait: the caller decides
         if not (retryable and may_retry) or attempt >= policy.attempts:

@@ -97,13 +97,15 @@ class APIError(AirudderError):
     The API refused the call: a non-2xx status, or an envelope whose `code` is not 200.
 
     *status* is the HTTP status, *code* and *envelope_status* the body's `code` and `status` when the
-    body had them, *body* the decoded body with secrets redacted (text when it was not JSON).
+    body had them, *body* the decoded body with secrets redacted (text when it was not JSON), and
+    *retry_after* the wait a `Retry-After` header asked for, in seconds, when there was one.
     """
 
     status: int
     code: int | None
     envelope_status: str | None
     body: object
+    retry_after: float | None
 
     def __init__(
         self,
@@ -113,6 +115,7 @@ class APIError(AirudderError):
         code: int | None = None,
         envelope_status: str | None = None,
         body: object = None,
+        retry_after: float | None = None,
         method: str | None = None,
         path: str | None = None,
     ) -> None:
@@ -121,6 +124,7 @@ class APIError(AirudderError):
         self.code = code
         self.envelope_status = envelope_status
         self.body = body
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         parts = [f"HTTP {self.status}"]
@@ -155,12 +159,6 @@ class RateLimitedError(APIError):
 
     *retry_after* is the wait the server asked for, in seconds, when it said.
     """
-
-    retry_after: float | None
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
 
     def __str__(self) -> str:
         base = super().__str__()

@@ -99,6 +99,11 @@ class Page(Generic[T]):
 _CURSOR_VERSION = 1
 
 
+def _strict_int(_inst: object, attr: attrs.Attribute[int], value: object) -> None:
+    if type(value) is not int:
+        raise TypeError(f"{attr.name} must be an int, got {type(value).__name__}")
+
+
 def _aware_or_none(_inst: object, attr: attrs.Attribute[datetime | None], value: datetime | None) -> None:
     if value is not None and value.utcoffset() is None:
         raise ValueError(f"{attr.name} must be timezone-aware")
@@ -115,12 +120,12 @@ class Cursor:
     the items yielded before this point.
     """
 
-    page: int = attrs.field(validator=attrs.validators.ge(1))
-    page_size: int = attrs.field(validator=[attrs.validators.ge(1), attrs.validators.le(200)])
+    page: int = attrs.field(validator=[_strict_int, attrs.validators.ge(1)])
+    page_size: int = attrs.field(validator=[_strict_int, attrs.validators.ge(1), attrs.validators.le(200)])
     start_time: datetime | None = attrs.field(default=None, validator=_aware_or_none)
     end_time: datetime | None = attrs.field(default=None, validator=_aware_or_none)
     last_workflow_id: str | None = None
-    received: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    received: int = attrs.field(default=0, validator=[_strict_int, attrs.validators.ge(0)])
 
     def to_dict(self) -> dict[str, object]:
         """

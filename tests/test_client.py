@@ -508,3 +508,73 @@ async def test_client_entered_inside_a_scope_that_ends_first() -> None:
         finally:
             await client.aclose()
     assert len(page.items) == 10
+
+
+def test_from_env_explicit_base_url_wins() -> None:
+    """An explicit base_url beats AIRUDDER_BASE_URL instead of clashing with it."""
+    env = {"AIRUDDER_APP_KEY": "k", "AIRUDDER_APP_SECRET": "s", "AIRUDDER_BASE_URL": "http://127.0.0.1:9"}
+    assert AirudderClient.from_env(env, base_url="http://127.0.0.1:10").base_url == "http://127.0.0.1:10"
+    assert AirudderClient.from_env(env).base_url == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://api.airudder.com?x=1", "https://api.airudder.com/#frag", "https://user:pw@api.airudder.com"],
+)
+def test_base_url_with_query_fragment_or_userinfo_is_refused(url: str) -> None:
+    """A base URL with a query, a fragment or credentials in it is refused."""
+    with pytest.raises(ValueError, match="base_url"):
+        AirudderClient(app_key="k", app_secret="s", base_url=url)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.list_workflows(timeouts=5.0),
+        lambda c: c.list_workflows(retry=3),
+        lambda c: c.request("GET", "/x", idempotent="yes"),
+        lambda c: c.request("GET", "/x", params={"a": None}),
+        lambda c: c.request("GET", "/x", params={"a": True}),
+    ],
+)
+async def test_wrong_override_types_raise_before_sending(fake: FakeAirudder, call: object) -> None:
+    """Per-call overrides of the wrong type are a TypeError before any request, auth included."""
+    async with fake.client() as client:
+        with pytest.raises(TypeError):
+            await call(client)  # type: ignore[operator]  # the lambdas are deliberately mistyped
+    assert fake.requests == []
+
+
+async def test_explicit_idempotent_false_beats_a_retry_unsafe_policy(fake: FakeAirudder) -> None:
+    """idempotent=False is never retried, even under RetryPolicy(retry_unsafe=True); None follows it."""
+    fake.add_workflows(1)
+    policy = RetryPolicy(retry_unsafe=True, backoff_initial=0)
+    async with fake.client(retry=policy) as client:
+        await client.list_workflows()
+        fake.inject(Fault.http_status(503), path=AUTH_PATH)
+        with pytest.raises(ServerError):
+            await client.request("POST", AUTH_PATH, json={}, idempotent=False)
+        fake.inject(Fault.http_status(503), path=AUTH_PATH)
+        data = await client.request(
+            "POST", AUTH_PATH, json={"APPKey": fake.app_key, "APPSecret": fake.app_secret}
+        )
+    assert isinstance(data, dict)
+    assert fake.hits(*AUTH) == 4
+
+
+async def test_retry_after_on_503_is_honoured_and_shared(fake: FakeAirudder) -> None:
+    """A 503 with Retry-After waits that long, and holds back the other tasks too."""
+    fake.add_workflows(1)
+    async with fake.client() as client:
+        await client.list_workflows()
+        fake.inject(Fault.http_status(503, retry_after=0.3))
+        started = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.list_workflows)
+            await anyio.sleep(0.05)
+            tg.start_soon(client.list_workflows)
+        assert anyio.current_time() - started >= 0.3
+        assert client.stats.cooldown_wait > 0
+    late = [r.at for r in fake.requests if r.path == INSTANCELIST_PATH][2:]
+    first = [r.at for r in fake.requests if r.path == INSTANCELIST_PATH][1]
+    assert min(late) >= first + 0.3 - 0.01

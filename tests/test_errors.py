@@ -160,3 +160,14 @@ def test_interpret_never_leaks_other_exceptions(status: int, raw: bytes) -> None
     """Any status and body give an envelope or an AirudderError, nothing else."""
     with contextlib.suppress(AirudderError):
         interpret(status, {}, raw)
+
+
+def test_secret_spanning_the_body_cut_is_scrubbed_first() -> None:
+    """A secret crossing the 2,000-character cut of an error body leaves no visible prefix."""
+    secret = "tok-0123456789abcdef"
+    raw = ("x" * 1990 + secret + "y" * 100).encode()
+    with pytest.raises(ServerError) as info:
+        interpret(502, {}, raw, secrets=[secret])
+    shown = str(info.value.body)
+    assert "tok-0123" not in shown
+    assert shown.startswith("x" * 1990 + "***")

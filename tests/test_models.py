@@ -269,3 +269,12 @@ def test_cursor_json_round_trip_and_validation() -> None:
         Cursor(page=0, page_size=10)
     with pytest.raises(ValueError):  # noqa: PT011
         Cursor(page=1, page_size=201)
+
+
+@pytest.mark.parametrize("field", ["page", "page_size", "received"])
+@pytest.mark.parametrize("value", [2.5, True, "3"])
+def test_cursor_fields_are_strict_ints(field: str, value: object) -> None:
+    """A cursor refuses floats, bools and strings where an int belongs."""
+    args: dict[str, object] = {"page": 2, "page_size": 10, "received": 0, field: value}
+    with pytest.raises(TypeError):
+        Cursor(**args)  # type: ignore[arg-type]  # deliberately wrong types

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from airudder_async import RetryPolicy
 from airudder_async.errors import InvalidRequestError, NotFoundError, ServerError
 from airudder_async.models import CreatedWorkflow, TaskDetail, WorkflowMatches
 from airudder_async.testing import (
@@ -15,6 +16,7 @@ from airudder_async.testing import (
     CREATEINSTANCE_PATH,
     DETAILINSTANCES_PATH,
     INSTANCELIST_PATH,
+    TASKDETAIL_PATH,
     FakeAirudder,
     Fault,
 )
@@ -177,3 +179,20 @@ async def test_generic_call_reaches_any_path_with_auth_and_retries() -> None:
     listing = [r for r in fake.requests if r.path == INSTANCELIST_PATH]
     assert all(r.headers["Authorization"].startswith("Token ") for r in listing)
     assert fake.hits("POST", DETAILINSTANCES_PATH) == 0
+
+
+async def test_retry_switches_of_the_typed_calls() -> None:
+    """get_task_detail(idempotent=False) is not retried; a retry_unsafe policy retries create_workflow."""
+    async with (
+        FakeAirudder() as fake,
+        fake.client(retry=RetryPolicy(retry_unsafe=True, backoff_initial=0)) as c,
+    ):
+        wf = await c.create_workflow(workflow_template_id=1, name="a", end_time=SOON)
+        fake.inject(Fault.http_status(503), path=TASKDETAIL_PATH)
+        with pytest.raises(ServerError):
+            await c.get_task_detail(fields={"workflow_id": wf.workflow_id}, idempotent=False)
+        fake.inject(Fault.http_status(503), path=CREATEINSTANCE_PATH)
+        await c.create_workflow(workflow_template_id=1, name="b", end_time=SOON)
+    assert fake.hits("POST", TASKDETAIL_PATH) == 1
+    assert fake.hits("POST", CREATEINSTANCE_PATH) == 3
+    assert len(fake.workflows) == 2
