@@ -33,7 +33,7 @@ from . import _json
 from ._client import AirudderClient
 from ._pagination import WorkflowIterator
 from .errors import AirudderError
-from .models import Cursor, Workflow
+from .models import Cursor, Workflow, _iso
 
 __all__ = [
     "CSV_FIELDS",
@@ -274,7 +274,7 @@ def _target(it: WorkflowIterator, max_items: int | None) -> int | None:
 
 
 def _iso_or_none(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return None if value is None else _iso(value.astimezone(UTC))
 
 
 def _filters(args: argparse.Namespace) -> dict[str, object]:

@@ -122,16 +122,21 @@ def _merge_extra(body: dict[str, object], extra: Mapping[str, object] | None) ->
     return body
 
 
-def _ids_in(data: object) -> tuple[str, ...]:
-    """Collect workflow ids from data, data.lists or data.list (the shape is undocumented)."""
+def _rows(data: object, *, whole: bool) -> tuple[dict[str, object], ...]:
+    """
+    The objects of an answer whose shape is undocumented: `data` itself when it is a list, else its
+    `lists`, `list` or `records` (guesses); with *whole*, a bare object counts as the one row.
+    """
     rows: object = data
     if isinstance(data, dict):
-        rows = data.get("lists", data.get("list", [data]))
-    if not isinstance(rows, list):
-        return ()
-    return tuple(
-        r["workflow_id"] for r in rows if isinstance(r, dict) and isinstance(r.get("workflow_id"), str)
-    )
+        rows = data.get("lists", data.get("list", data.get("records", [data] if whole else None)))
+    return tuple(r for r in rows if isinstance(r, dict)) if isinstance(rows, list) else ()
+
+
+def _ids_in(data: object) -> tuple[str, ...]:
+    """Collect the workflow ids of an answer's rows."""
+    ids = (r.get("workflow_id") for r in _rows(data, whole=True))
+    return tuple(i for i in ids if isinstance(i, str))
 
 
 def _str_or_none(data: object, key: str) -> str | None:
@@ -589,8 +594,7 @@ class AirudderClient:
         if not isinstance(fields, Mapping) or not fields:
             raise ValueError("fields must be a non-empty mapping of the request's fields")
         data = await self.request("POST", TASKDETAIL_PATH, json=dict(fields), idempotent=idempotent)
-        rows = data.get("lists", data.get("list", data.get("records"))) if isinstance(data, dict) else data
-        records = tuple(r for r in rows if isinstance(r, dict)) if isinstance(rows, list) else ()
+        records = _rows(data, whole=False)
         return TaskDetail(
             workflow_id=_str_or_none(data, "workflow_id"),
             workflow_name=_str_or_none(data, "workflow_name"),

@@ -22,7 +22,7 @@ from cattrs.preconf.json import make_converter
 from .errors import DecodeError
 from .models import Workflow
 
-__all__ = ["converter", "format_time", "parse_time", "structure_items", "structure_one"]
+__all__ = ["converter", "format_time", "parse_time", "structure_items"]
 
 T = TypeVar("T")
 
@@ -120,19 +120,15 @@ def _slow(cls: type[T], item: object, path: str) -> T:
         if not isinstance(item, dict):
             raise TypeError(f"expected an object, got {type(item).__name__}")
         result: T = fn(item, cls)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
-        if isinstance(exc, cattrs.BaseValidationError):
-            detail = "; ".join(cattrs.transform_error(exc, path=path))
-            field_path = _first_path(detail) or path
-        else:
-            detail, field_path = f"{exc} @ {path}", path
-        raise DecodeError(f"answer did not fit {cls.__name__}: {detail}", field_path=field_path) from None
-    return result
-
-
-def _first_path(detail: str) -> str | None:
-    _, sep, tail = detail.partition(" @ ")
-    return tail.split(";", 1)[0].strip() if sep else None
+    except cattrs.BaseValidationError as exc:
+        detail = "; ".join(cattrs.transform_error(exc, path=path))
+        _, sep, tail = detail.partition(" @ ")
+        field_path = tail.split(";", 1)[0].strip() if sep else path
+    except (TypeError, ValueError, KeyError) as exc:
+        detail, field_path = f"{exc} @ {path}", path
+    else:
+        return result
+    raise DecodeError(f"answer did not fit {cls.__name__}: {detail}", field_path=field_path)
 
 
 def structure_items(cls: type[T], items: object, path: str) -> list[T]:
@@ -152,18 +148,3 @@ def structure_items(cls: type[T], items: object, path: str) -> list[T]:
             except (TypeError, ValueError, KeyError, AttributeError):
                 out.append(_slow(cls, item, f"{path}[{i}]"))
         return out
-
-
-def structure_one(cls: type[T], data: object, path: str = "data") -> T:
-    """
-    Structure one JSON object into *cls* through the converter, or raise `DecodeError` with the path.
-    """
-    try:
-        return converter.structure(data, cls)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError, AttributeError) as exc:
-        if isinstance(exc, cattrs.BaseValidationError):
-            detail = "; ".join(cattrs.transform_error(exc, path=path))
-            field_path = _first_path(detail) or path
-        else:
-            detail, field_path = f"{exc} @ {path}", path
-        raise DecodeError(f"answer did not fit {cls.__name__}: {detail}", field_path=field_path) from None

@@ -20,16 +20,18 @@ import bisect
 import random
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 
+import aiohttp
 import attrs
 from aiohttp import web
 
 from . import _json
+from ._auth import AUTH_PATH
 from ._client import (
     APINOTICEINFO_PATH,
     CREATEINSTANCE_PATH,
@@ -38,13 +40,15 @@ from ._client import (
     TASKDETAIL_PATH,
     AirudderClient,
 )
-from ._config import RetryPolicy
+from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, Limits, RetryPolicy, Timeouts
+from .models import RequestEvent
 
 __all__ = [
     "APINOTICEINFO_PATH",
     "AUTH_PATH",
     "CREATEINSTANCE_PATH",
     "DETAILINSTANCES_PATH",
+    "FAKE_RETRY",
     "INSTANCELIST_PATH",
     "TASKDETAIL_PATH",
     "FakeAirudder",
@@ -53,10 +57,10 @@ __all__ = [
     "make_workflows",
 ]
 
-AUTH_PATH = "/service/cloud/auth"
 DEFAULT_APP_KEY = "sandbox-app-key"
 DEFAULT_APP_SECRET = "sandbox-app-secret"
 _BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+FAKE_RETRY = RetryPolicy(backoff_initial=0.0, backoff_max=0.0)  # fake.client()'s default: no backoff waits
 # Seen in the vendor docs: cancelled, finished. The others are synthetic examples of statuses a client
 # has never heard of, to prove they pass through.
 _STATUSES = ("finished", "cancelled", "running", "finished", "paused", "finished", "pending")
@@ -387,14 +391,33 @@ class FakeAirudder:
         if runner is not None:
             await runner.cleanup()
 
-    def client(self, **kwargs: Any) -> AirudderClient:
+    def client(
+        self,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        limits: Limits = DEFAULT_LIMITS,
+        retry: RetryPolicy = FAKE_RETRY,
+        user_agent: str | None = None,
+        event_hook: Callable[[RequestEvent], object] | None = None,
+    ) -> AirudderClient:
         """
-        Return an `AirudderClient` for this server: its credentials, its URL, and retries without backoff.
+        Return an `AirudderClient` for this server: its credentials and URL, and by default retries
+        without backoff waits (`FAKE_RETRY`), so tests never sleep.
         """
         if not self.url:
             raise RuntimeError("start the FakeAirudder (async with) before asking for a client")
-        kwargs.setdefault("retry", RetryPolicy(backoff_initial=0.0, backoff_max=0.0))
-        return AirudderClient(app_key=self.app_key, app_secret=self.app_secret, base_url=self.url, **kwargs)
+        return AirudderClient(
+            app_key=self.app_key,
+            app_secret=self.app_secret,
+            base_url=self.url,
+            session=session,
+            timeouts=timeouts,
+            limits=limits,
+            retry=retry,
+            user_agent=user_agent,
+            event_hook=event_hook,
+        )
 
     # -- webhooks --------------------------------------------------------------------------------------
 
@@ -414,8 +437,6 @@ class FakeAirudder:
         A non-2xx answer (or no answer) is retried up to *attempts* tries, *interval* seconds apart (the
         vendor waits a minute). *repeat* delivers the same event that many times, to test de-duplication.
         """
-        import aiohttp
-
         statuses: list[int] = []
         data = _json.dumps(dict(body))
         sent_headers = {"Content-Type": "application/json", "User-Agent": "Airudder", **(headers or {})}

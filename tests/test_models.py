@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from airudder_async._convert import format_time, parse_time, structure_items, structure_one
+from airudder_async._convert import converter, format_time, parse_time, structure_items
 from airudder_async.errors import DecodeError
 from airudder_async.models import Cursor, Page, Workflow, WorkflowStatus
 
@@ -74,7 +74,7 @@ def test_unknown_status_and_extra_fields_pass_through() -> None:
     (wf,) = structure_items(Workflow, [raw], "data.lists")
     assert wf.status == "rebooting"
     assert wf.status not in WorkflowStatus.KNOWN
-    assert structure_one(Workflow, raw) == wf
+    assert converter.structure(raw, Workflow) == wf
 
 
 @pytest.mark.parametrize(
@@ -134,8 +134,8 @@ def test_missing_field_and_non_object_items() -> None:
         structure_items(Workflow, {"a": 1}, "data.lists")
     with pytest.raises(DecodeError):
         structure_items(Workflow, [42], "data.lists")
-    with pytest.raises(DecodeError):
-        structure_one(Workflow, {"workflow_id": "x"})
+    with pytest.raises(DecodeError, match=r"data.lists\[0\]"):
+        structure_items(Workflow, [{"workflow_id": "x"}], "data.lists")
 
 
 def test_optional_times_may_be_missing() -> None:

@@ -55,6 +55,7 @@ PUBLIC = {
         "AUTH_PATH",
         "CREATEINSTANCE_PATH",
         "DETAILINSTANCES_PATH",
+        "FAKE_RETRY",
         "FakeAirudder",
         "Fault",
         "INSTANCELIST_PATH",
