@@ -12,7 +12,6 @@ import aiohttp
 import anyio
 import anyio.lowlevel
 import attrs
-from multidict import CIMultiDictProxy
 
 from . import _json
 from ._auth import AUTH_PATH, TokenCache
@@ -421,7 +420,7 @@ class Transport:
         token: str | None,
         timeouts: Timeouts | None,
         attempt: int,
-    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    ) -> tuple[int, Mapping[str, str], bytes]:
         headers = self.headers
         if token is not None:
             headers = {**headers, "Authorization": f"Token {token}"}
