@@ -65,7 +65,7 @@ FAKE_RETRY = RetryPolicy(backoff_initial=0.0, backoff_max=0.0)  # fake.client()'
 # has never heard of, to prove they pass through.
 _STATUSES = ("finished", "cancelled", "running", "finished", "paused", "finished", "pending")
 
-FaultKind = Literal["status", "slow", "drop", "malformed", "envelope", "revoke", "insert"]
+FaultKind = Literal["status", "slow", "drop", "malformed", "envelope", "revoke", "insert", "raw"]
 
 
 @attrs.frozen(kw_only=True)
@@ -80,6 +80,7 @@ class Fault:
     retry_after: str | None = None
     seconds: float = 0.0
     count: int = 0
+    body: bytes = b""
 
     @classmethod
     def http_status(cls, status: int, *, retry_after: float | None = None) -> Fault:
@@ -115,6 +116,12 @@ class Fault:
     def error_envelope(cls, code: int = 500, status: int = 200) -> Fault:
         """Answer HTTP *status* (200 by default) with an envelope whose `code` is *code*."""
         return cls(kind="envelope", status=status, code=code)
+
+    @classmethod
+    def answer(cls, body: object, *, status: int = 200) -> Fault:
+        """Answer *status* with *body*: bytes as they are, anything else as JSON (e.g. a strange shape)."""
+        raw = body if isinstance(body, bytes) else _json.dumps(body)
+        return cls(kind="raw", status=status, body=raw)
 
     @classmethod
     def revoke_token(cls) -> Fault:
@@ -512,6 +519,8 @@ class FakeAirudder:
             return _error(
                 fault.code or 500, "injected error envelope", code=fault.code, http_status=fault.status
             )
+        elif fault.kind == "raw":
+            return web.Response(status=fault.status, body=fault.body, content_type="application/json")
         elif fault.kind == "revoke":
             self.revoke_tokens()
         elif fault.kind == "insert":

@@ -578,3 +578,74 @@ async def test_retry_after_on_503_is_honoured_and_shared(fake: FakeAirudder) -> 
     late = [r.at for r in fake.requests if r.path == INSTANCELIST_PATH][2:]
     first = [r.at for r in fake.requests if r.path == INSTANCELIST_PATH][1]
     assert min(late) >= first + 0.3 - 0.01
+
+
+def _ok(data: object) -> dict[str, object]:
+    return {"data": data, "status": "OK", "code": 200}
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ([1, 2], "data"),
+        ({"lists": [], "count": "12"}, "data.count"),
+        ({"lists": [], "count": -1}, "data.count"),
+        ({"lists": {"a": 1}, "count": 1}, "data.lists"),
+        ({"lists": [{"workflow_id": "x"}], "count": 1}, "data.lists[0]"),
+    ],
+)
+async def test_answers_of_the_wrong_shape_are_decode_errors(
+    fake: FakeAirudder, data: object, path: str
+) -> None:
+    """An OK envelope whose data does not fit is a DecodeError naming the field, and is not retried."""
+    async with fake.client() as client:
+        fake.inject(Fault.answer(_ok(data)))
+        with pytest.raises(DecodeError) as info:
+            await client.list_workflows()
+    assert info.value.field_path is not None
+    assert info.value.field_path.startswith(path)
+    assert (info.value.method, info.value.path) == ("GET", INSTANCELIST_PATH)
+    assert fake.hits(*LIST) == 1
+
+
+async def test_missing_lists_means_an_empty_page(fake: FakeAirudder) -> None:
+    """An OK answer without `lists` is an empty page rather than an error (a guess at the vendor)."""
+    async with fake.client() as client:
+        fake.inject(Fault.answer(_ok({"count": 0})))
+        page = await client.list_workflows()
+    assert (page.items, page.count) == ((), 0)
+
+
+def test_constructor_validates_its_arguments() -> None:
+    """Empty credentials and config objects of the wrong type are refused at construction."""
+    with pytest.raises(ValueError, match="app_secret"):
+        AirudderClient(app_key="k", app_secret="")
+    with pytest.raises(TypeError, match="timeouts"):
+        AirudderClient(app_key="k", app_secret="s", timeouts=5.0)  # type: ignore[arg-type]  # wrong type
+    with pytest.raises(ValueError, match="total"):
+        Timeouts(total=0)
+    with pytest.raises(ValueError, match="backoff_initial"):
+        RetryPolicy(backoff_initial=-1)
+    assert AirudderClient(app_key="k", app_secret="s").stats.requests == 0
+
+
+async def test_typed_calls_refuse_missing_arguments(fake: FakeAirudder) -> None:
+    """Required times, fields and cursors are checked before sending."""
+    from airudder_async.models import Cursor
+
+    soon = datetime.now(UTC) + timedelta(days=1)
+    async with fake.client() as client:
+        with pytest.raises(ValueError, match="end_time"):
+            await client.create_workflow(workflow_template_id=1, name="n", end_time=None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="required"):
+            await client.find_workflows(start_time=None, end_time=soon, case_id="c")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="fields"):
+            await client.get_task_detail(fields={})
+        with pytest.raises(TypeError, match="cursor"):
+            client.iter_workflows(cursor={"page": 1})  # type: ignore[arg-type]  # not a Cursor
+        with pytest.raises(TypeError, match="datetime"):
+            await client.list_workflows(start_time="2026-01-01")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="size"):
+            await client.list_workflows(size=2.0)  # type: ignore[arg-type]
+    assert fake.requests == []
+    assert Cursor(page=1, page_size=1).page == 1
