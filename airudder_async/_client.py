@@ -431,7 +431,7 @@ class AirudderClient:
         _check_overrides(retry, timeouts)
         transport = self._require_open()
         filters = _filters(start_time, end_time)
-        items, count = await self._fetch_page(transport, page, size, filters, retry, timeouts)
+        items, count = parse_page(await self._fetch_page(transport, page, size, filters, retry, timeouts))
         return Page(items=tuple(items), count=count, page=page, size=size)
 
     def iter_workflows(
@@ -478,11 +478,12 @@ class AirudderClient:
 
         filters = _filters(start_time, end_time)
 
-        async def fetch(page: int) -> tuple[list[Workflow], int]:
+        async def fetch(page: int) -> object:
             return await self._fetch_page(transport, page, page_size, filters, retry, timeouts)
 
         return WorkflowIterator(
             fetch=fetch,
+            parse=parse_page,
             task_group=self._tg,
             page_size=page_size,
             start_time=start_time,
@@ -613,25 +614,29 @@ class AirudderClient:
         filters: Mapping[str, str],
         retry: RetryPolicy | None,
         timeouts: Timeouts | None,
-    ) -> tuple[list[Workflow], int]:
+    ) -> object:
         params = {"page": str(page), "size": str(size), **filters}
         response = await transport.call(
             "GET", INSTANCELIST_PATH, params=params, retry=retry, timeouts=timeouts
         )
-        data = response.data
-        try:
-            if not isinstance(data, dict):
-                raise DecodeError(f"data is not an object: {type(data).__name__}", field_path="data")
-            count = data.get("count")
-            if type(count) is not int or count < 0:
-                raise DecodeError(
-                    f"data.count is not a non-negative integer: {count!r}", field_path="data.count"
-                )
-            lists = data.get("lists")
-            if lists is None:
-                lists = []  # guess: an empty result may come without `lists`
-            items = structure_items(Workflow, lists, "data.lists")
-        except DecodeError as exc:
-            exc.method, exc.path = "GET", INSTANCELIST_PATH
-            raise
-        return items, count
+        return response.data
+
+
+def parse_page(data: object) -> tuple[list[Workflow], int]:
+    """
+    Turn an instancelist answer's `data` into (workflows, count), or raise `DecodeError` with the path.
+    """
+    try:
+        if not isinstance(data, dict):
+            raise DecodeError(f"data is not an object: {type(data).__name__}", field_path="data")
+        count = data.get("count")
+        if type(count) is not int or count < 0:
+            raise DecodeError(f"data.count is not a non-negative integer: {count!r}", field_path="data.count")
+        lists = data.get("lists")
+        if lists is None:
+            lists = []  # guess: an empty result may come without `lists`
+        items = structure_items(Workflow, lists, "data.lists")
+    except DecodeError as exc:
+        exc.method, exc.path = "GET", INSTANCELIST_PATH
+        raise
+    return items, count

@@ -25,7 +25,8 @@ __all__ = ["PageBatches", "WorkflowIterator", "last_page", "pages_left"]
 logger = logging.getLogger("airudder_async")
 
 _MAX_STALE_PAGES = 2  # consecutive pages of nothing but repeats that end a walk
-FetchPage = Callable[[int], Awaitable[tuple[list[Workflow], int]]]
+FetchPage = Callable[[int], Awaitable[object]]  # page number -> the answer's `data`
+ParsePage = Callable[[object], tuple[list[Workflow], int]]  # `data` -> (workflows, count)
 
 
 def pages_left(*, size: int, count: int, received: int, got: int) -> bool:
@@ -49,13 +50,14 @@ def last_page(count: int, size: int) -> int:
 class _Slot:
     """One prefetched page: its request runs in a task of the client's task group."""
 
-    __slots__ = ("done", "error", "page", "result", "scope")
+    __slots__ = ("done", "error", "ok", "page", "result", "scope")
 
     def __init__(self, page: int) -> None:
         self.page = page
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
-        self.result: tuple[list[Workflow], int] | None = None
+        self.result: object = None
+        self.ok = False
         self.error: BaseException | None = None
 
 
@@ -63,10 +65,11 @@ async def _run_slot(slot: _Slot, fetch: FetchPage) -> None:
     try:
         with slot.scope:
             slot.result = await fetch(slot.page)
+            slot.ok = True
     except Exception as exc:
         slot.error = exc
     finally:
-        if slot.result is None and slot.error is None:
+        if not slot.ok and slot.error is None:
             slot.error = RuntimeError("the request was cancelled")
         slot.done.set()
 
@@ -102,6 +105,7 @@ class WorkflowIterator:
         self,
         *,
         fetch: FetchPage,
+        parse: ParsePage,
         task_group: anyio.abc.TaskGroup | None,
         page_size: int,
         start_time: datetime | None,
@@ -111,6 +115,7 @@ class WorkflowIterator:
         cursor: Cursor | None,
     ) -> None:
         self._fetch = fetch
+        self._parse = parse
         self._tg = task_group
         self.page_size = page_size
         self.start_time = start_time
@@ -250,11 +255,15 @@ class WorkflowIterator:
                 await slot.done.wait()
                 if slot.error is not None:
                     raise slot.error
-                assert slot.result is not None
-                items, count = slot.result
+                data = slot.result
+                # Refill the window before the CPU work on this page, so the next request is not
+                # held up behind it: prefetch tasks only fetch and decode; structuring happens here.
+                if self._top_up():
+                    await anyio.lowlevel.checkpoint()
             else:
                 self._next_request = page + 1
-                items, count = await self._fetch(page)
+                data = await self._fetch(page)
+            items, count = self._parse(data)
         except AirudderError as exc:
             self._fail(exc)
             raise
