@@ -61,3 +61,39 @@ async def fake() -> None:
         server.inject(Fault.http_status(503), on=2)
         server.inject_random([Fault.drop()], rate=0.1, seed=1)
         _ = [wf async for wf in client.iter_workflows()]
+
+
+async def batches_and_webhooks() -> None:
+    from collections.abc import Mapping
+
+    from aiohttp import web
+
+    from airudder_async import PageBatches
+    from airudder_async.testing import FAKE_RETRY
+    from airudder_async.webhooks import (
+        SIGNATURE_HEADER,
+        StatusChangeEvent,
+        WebhookEvent,
+        WebhookKind,
+        parse_webhook,
+        webhook_app,
+    )
+
+    async with FakeAirudder(workflows=10) as server, server.client(retry=FAKE_RETRY) as client:
+        walk = client.iter_workflows(page_size=5)
+        pages: PageBatches = walk.by_page()
+        async for batch in pages:
+            first: Workflow = batch[0]
+            del first
+
+    async def on_event(event: WebhookEvent) -> None:
+        if isinstance(event, StatusChangeEvent):
+            print(event.workflow_id, event.status)  # noqa: T201 - example
+
+    def verify(headers: Mapping[str, str], body: bytes) -> bool:
+        return bool(headers.get(SIGNATURE_HEADER)) and bool(body)
+
+    app = web.Application()
+    app.add_subapp("/hooks", webhook_app(on_event, kind=WebhookKind.STATUS_CHANGE, verify_signature=verify))
+    event = parse_webhook(b'{"workflow_id": "w", "workflow_name": "n", "status": "s", "actions": []}')
+    del event
