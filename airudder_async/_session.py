@@ -444,7 +444,8 @@ class Transport:
                 ) as resp:
                     raw = await resp.read()
                     status, resp_headers = resp.status, resp.headers
-            except TimeoutError:
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                timed_out = isinstance(exc, TimeoutError)  # aiohttp's timeouts are TimeoutErrors too
                 if self.event_hook is not None:
                     self._emit(
                         RequestEvent(
@@ -453,25 +454,13 @@ class Transport:
                             path=path,
                             attempt=attempt,
                             elapsed=anyio.current_time() - started,
-                            reason="timeout",
+                            reason="timeout" if timed_out else "transport",
                         )
                     )
-                raise RequestTimeoutError("the attempt timed out", method=method, path=path) from None
-            except aiohttp.ClientError as exc:
-                if self.event_hook is not None:
-                    self._emit(
-                        RequestEvent(
-                            kind="response",
-                            method=method,
-                            path=path,
-                            attempt=attempt,
-                            elapsed=anyio.current_time() - started,
-                            reason="transport",
-                        )
-                    )
-                raise TransportError(
-                    f"{type(exc).__name__}: {redact(str(exc), self._secrets())}", method=method, path=path
-                ) from None
+                if timed_out:
+                    raise RequestTimeoutError("the attempt timed out", method=method, path=path) from None
+                detail = redact(str(exc), self._secrets(token))
+                raise TransportError(f"{type(exc).__name__}: {detail}", method=method, path=path) from exc
         self.counters.responses += 1
         if self.event_hook is not None:
             self._emit(
