@@ -479,6 +479,7 @@ class AirudderClient:
         filters = _filters(start_time, end_time)
 
         async def fetch(page: int) -> object:
+            self._require_open()  # a walk kept past the client's end says so, not aiohttp
             return await self._fetch_page(transport, page, page_size, filters, retry, timeouts)
 
         return WorkflowIterator(

@@ -70,7 +70,7 @@ async def _run_slot(slot: _Slot, fetch: FetchPage) -> None:
         slot.error = exc
     finally:
         if not slot.ok and slot.error is None:
-            slot.error = RuntimeError("the request was cancelled")
+            slot.error = RuntimeError("the page request was cancelled: the walk or its client was closed")
         slot.done.set()
 
 

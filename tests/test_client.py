@@ -649,3 +649,14 @@ async def test_typed_calls_refuse_missing_arguments(fake: FakeAirudder) -> None:
             await client.list_workflows(size=2.0)  # type: ignore[arg-type]
     assert fake.requests == []
     assert Cursor(page=1, page_size=1).page == 1
+
+
+async def test_walk_used_after_the_client_closed_says_so() -> None:
+    """A walk resumed after its client closed raises RuntimeError naming the closed client."""
+    async with FakeAirudder(workflows=300) as fake:
+        async with fake.client() as client:
+            walk = client.iter_workflows(page_size=100, prefetch=1)
+            await walk.__anext__()
+        walk._index = walk._limit  # the next item needs page 2
+        with pytest.raises(RuntimeError, match="closed"):
+            await walk.__anext__()
