@@ -95,10 +95,12 @@ class WorkflowIterator:
     """
     An async iterator over every workflow of a walk, newest first, fetching up to *prefetch* pages ahead.
 
-    Besides items it reports the walk: `cursor` (resume point, updated as you go), `count` (what the
-    first page promised), `count_drift`, `duplicates_skipped`, `shortfall` and `pages`. Use it in
-    `async with` (or call `aclose()`) to stop in-flight requests the moment you stop early; dropping it
-    after a `break` also cancels them.
+    Besides items it reports the walk: `cursor` (resume point, updated as you go), `received`, `count`
+    (what the first page promised) and `last_count`, `count_drift`, `duplicates_skipped`, `shortfall`
+    (items `count` promised but the server never delivered), `pages` and `extra_requests` (prefetched
+    pages cancelled unread). Use it in `async with` (or call `aclose()`) to stop in-flight requests the
+    moment you stop early. Without that they stop when the iterator is garbage-collected (at once after
+    a `break` out of `async for wf in client.iter_workflows(...)` on CPython) or when the client closes.
     """
 
     def __init__(
