@@ -70,10 +70,9 @@ class TokenBucket:
     *burst* requests may go at once; after that they are spaced 1/*rate* seconds apart.
     """
 
-    def __init__(self, rate: float, burst: int = 1, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, rate: float, burst: int = 1) -> None:
         self.interval = 1.0 / rate
         self.tolerance = (burst - 1) * self.interval
-        self._clock = clock
         self._tat = float("-inf")  # theoretical arrival time of the next request
 
     def reserve(self, now: float) -> float:
@@ -89,8 +88,7 @@ class TokenBucket:
         """
         Wait for one request's share of the budget; return the time waited.
         """
-        now = self._clock() if self._clock else anyio.current_time()
-        delay = self.reserve(now)
+        delay = self.reserve(anyio.current_time())
         if delay > 0:
             await anyio.sleep(delay)
         return delay
@@ -109,8 +107,6 @@ class Pacer:
         self.cooldown_until = 0.0
         self.budget_wait = 0.0
         self.cooldown_wait = 0.0
-        self.in_flight = 0
-        self.peak_in_flight = 0
 
     def cool_down(self, seconds: float) -> None:
         """
@@ -129,9 +125,4 @@ class Pacer:
                 await anyio.sleep(wait)
             if self.bucket is not None:
                 self.budget_wait += await self.bucket.acquire()
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            try:
-                yield
-            finally:
-                self.in_flight -= 1
+            yield
