@@ -11,6 +11,19 @@ assert ids == fake.workflow_ids()
 It checks credentials, issues tokens that expire on a clock you control (`advance()`), lists workflows
 newest first with the vendor's paging and time filters, records every request, and injects faults by
 schedule or at random with a seed.
+
+Tests wait on events, never on the wall clock: `await fake.wait_for_hits(method, path, n)` returns once
+the server has received *n* such requests, and `gate = fake.gate(path)` holds requests until
+`gate.release()`, with `await gate.wait_held(n)` to know that *n* of them are stuck there:
+
+```python
+async with FakeAirudder(workflows=500) as fake, fake.client() as client:
+    gate = fake.gate(INSTANCELIST_PATH, after=1)   # page 1 is answered, later pages wait
+    walk = client.iter_workflows(page_size=100, prefetch=4)
+    await walk.__anext__()
+    await gate.wait_held(4)                        # pages 2-5 are in flight, and stay there
+    gate.release()
+```
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import aiohttp
+import anyio
 import attrs
 from aiohttp import web
 
@@ -53,6 +67,7 @@ __all__ = [
     "TASKDETAIL_PATH",
     "FakeAirudder",
     "Fault",
+    "Gate",
     "RecordedRequest",
     "make_workflows",
 ]
@@ -64,6 +79,8 @@ FAKE_RETRY = RetryPolicy(backoff_initial=0.0, backoff_max=0.0)  # fake.client()'
 # Seen in the vendor docs: cancelled, finished. The others are synthetic examples of statuses a client
 # has never heard of, to prove they pass through.
 _STATUSES = ("finished", "cancelled", "running", "finished", "paused", "finished", "pending")
+
+_WAIT_LIMIT = 5.0  # seconds: how long the waiting helpers wait before a test fails instead of hanging
 
 FaultKind = Literal["status", "slow", "drop", "malformed", "envelope", "revoke", "insert", "raw"]
 
@@ -143,6 +160,73 @@ class RecordedRequest:
     query: dict[str, str]
     headers: dict[str, str]
     at: float
+
+
+class _Signal:
+    """A broadcast: waiters re-check their condition each time it is notified."""
+
+    def __init__(self) -> None:
+        self._waiters: list[anyio.Event] = []
+
+    def notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for event in waiters:
+            event.set()
+
+    async def wait_until(self, ready: Callable[[], bool], limit: float | None = _WAIT_LIMIT) -> None:
+        with anyio.fail_after(limit):
+            while not ready():
+                event = anyio.Event()
+                self._waiters.append(event)
+                await event.wait()
+
+
+class Gate:
+    """
+    Holds requests at the fake server until you `release()` it; `FakeAirudder.gate()` makes one.
+
+    A held request is recorded and counted (`hits()`, `wait_for_hits()`) but not answered: no latency,
+    fault or handler runs until the gate opens. A gate opens once and stays open.
+    """
+
+    def __init__(self) -> None:
+        self.held = 0  # requests waiting at the gate now
+        self.is_open = False
+        self._signal = _Signal()
+
+    def __repr__(self) -> str:
+        return f"<Gate held={self.held} is_open={self.is_open}>"
+
+    async def wait_held(self, n: int = 1) -> None:
+        """
+        Return once *n* requests wait at the gate together.
+
+        Raises:
+            TimeoutError: they are not there after 5 seconds (so a broken test fails instead of hanging).
+            RuntimeError: the gate is open, so no request will wait there any more.
+        """
+
+        def ready() -> bool:
+            if self.is_open:
+                raise RuntimeError(f"the gate is open: {n} requests will never be held there")
+            return self.held >= n
+
+        await self._signal.wait_until(ready)
+
+    def release(self) -> None:
+        """Let every held request through, and every later one. Idempotent."""
+        self.is_open = True
+        self._signal.notify()
+
+    async def _pass(self) -> None:
+        if self.is_open:
+            return
+        self.held += 1
+        self._signal.notify()
+        try:
+            await self._signal.wait_until(lambda: self.is_open, None)
+        finally:
+            self.held -= 1
 
 
 def _iso(value: datetime) -> str:
@@ -245,6 +329,8 @@ class FakeAirudder:
         self._keys: list[float] = []  # -create_time, ascending, parallel to _workflows
         self._generated = 0
         self._schedule: dict[tuple[str, int], list[Fault]] = {}
+        self._gates: list[tuple[str, int, Gate]] = []  # (path, last request number let through, gate)
+        self._recorded = _Signal()
         self._path_hits: Counter[str] = Counter()
         self._random: tuple[random.Random, float, tuple[Fault, ...], str | None] | None = None
         self._runner: web.AppRunner | None = None
@@ -363,6 +449,32 @@ class FakeAirudder:
         """Count the recorded requests with *method* to *path*."""
         return sum(1 for r in self.requests if r.method == method and r.path == path)
 
+    # -- waiting ---------------------------------------------------------------------------------------
+
+    async def wait_for_hits(self, method: str, path: str, n: int = 1) -> None:
+        """
+        Return once `hits(method, path)` reaches *n*: the server has received them, answered or not.
+
+        Raises:
+            TimeoutError: fewer arrived within 5 seconds (so a broken test fails instead of hanging).
+            RuntimeError: `record_requests` is off, so nothing is counted.
+        """
+        if not self.record_requests:
+            raise RuntimeError("wait_for_hits() counts recorded requests: set record_requests to True")
+        await self._recorded.wait_until(lambda: self.hits(method, path) >= n)
+
+    def gate(self, path: str = INSTANCELIST_PATH, *, after: int = 0) -> Gate:
+        """
+        Hold requests to *path* at a new `Gate` until you release it, letting the next *after* through.
+
+        `aclose()` releases every gate, so the server never waits for a held request at shutdown.
+        """
+        if after < 0:
+            raise ValueError("after counts requests let through, from 0")
+        gate = Gate()
+        self._gates.append((path, self._path_hits[path] + after, gate))
+        return gate
+
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
@@ -393,7 +505,9 @@ class FakeAirudder:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop serving. Idempotent."""
+        """Stop serving (releasing every gate first). Idempotent."""
+        for _, _, gate in self._gates:
+            gate.release()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -465,9 +579,8 @@ class FakeAirudder:
 
     # -- HTTP ------------------------------------------------------------------------------------------
 
-    def _faults_for(self, path: str) -> list[Fault]:
-        self._path_hits[path] += 1
-        faults = self._schedule.pop((path, self._path_hits[path]), [])
+    def _faults_for(self, path: str, number: int) -> list[Fault]:
+        faults = self._schedule.pop((path, number), [])
         if self._random is not None:
             rng, rate, choices, only = self._random
             if (only is None or only == path) and choices and rng.random() < rate:
@@ -486,12 +599,18 @@ class FakeAirudder:
                     asyncio.get_running_loop().time(),
                 )
             )
+            self._recorded.notify()
+        self._path_hits[request.path] += 1
+        number = self._path_hits[request.path]
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
+            for path, let_through, gate in self._gates:
+                if path == request.path and number > let_through:
+                    await gate._pass()
             if self.latency:
                 await asyncio.sleep(self.latency)
-            for fault in self._faults_for(request.path):
+            for fault in self._faults_for(request.path, number):
                 answer = await self._apply(fault, request)
                 if answer is not None:
                     return answer
@@ -534,8 +653,9 @@ class FakeAirudder:
         response.content_length = len(body)
         await response.prepare(request)
         await response.write(body[: len(body) // 2])
-        if request.transport is not None:
-            request.transport.abort()
+        # write() raises once the connection is gone, so there is still a transport to abort.
+        assert request.transport is not None
+        request.transport.abort()
         return response
 
     def _authorized(self, request: web.Request) -> web.Response | None:
