@@ -10,7 +10,9 @@ async with AirudderClient.from_env() as client:
 
 from __future__ import annotations
 
-from ._client import AirudderClient
+from importlib import import_module
+from typing import TYPE_CHECKING
+
 from ._config import (
     DEFAULT_LIMITS,
     DEFAULT_RETRY,
@@ -20,8 +22,11 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
-from ._pagination import PageBatches, WorkflowIterator
-from ._session import Response
+from ._protocol import Response
+
+if TYPE_CHECKING:
+    from ._client import AirudderClient, RequestOptions
+    from ._pagination import PageBatches, WorkflowIterator
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -31,6 +36,7 @@ __all__ = [
     "AirudderClient",
     "Limits",
     "PageBatches",
+    "RequestOptions",
     "Response",
     "RetryPolicy",
     "Timeouts",
@@ -38,10 +44,29 @@ __all__ = [
     "__version__",
 ]
 
+# The names that need aiohttp or anyio load on first use, so that the pure modules (`_protocol`,
+# `_time`, `_json`, `errors`, `models`) import without them: `import airudder_async._protocol` runs
+# this file first.
+_LAZY = {
+    "AirudderClient": "._client",
+    "RequestOptions": "._client",
+    "PageBatches": "._pagination",
+    "WorkflowIterator": "._pagination",
+}
 
-def __getattr__(name: str) -> str:
+
+def __getattr__(name: str) -> object:
     if name == "__version__":
         from importlib.metadata import version
 
         return version("airudder-async")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

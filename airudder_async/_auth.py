@@ -1,5 +1,5 @@
 """
-APPKey/APPSecret -> token (POST /service/cloud/auth), cached and shared by every concurrent caller.
+APPKey/APPSecret -> token (POST /service/cloud/auth): the auth request, the cache, one shared refresh.
 """
 
 from __future__ import annotations
@@ -10,13 +10,70 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from .errors import AirudderError
+from ._protocol import Response
+from .errors import AirudderError, AuthenticationError, DecodeError
 
-__all__ = ["AUTH_PATH", "TOKEN_LIFETIME", "TOKEN_REFRESH_MARGIN", "TokenCache", "is_fresh"]
+__all__ = [
+    "AUTH_PATH",
+    "TOKEN_LIFETIME",
+    "TOKEN_REFRESH_MARGIN",
+    "TokenCache",
+    "auth_body",
+    "is_fresh",
+    "token_fetcher",
+    "token_from",
+]
 
 AUTH_PATH = "/service/cloud/auth"
 TOKEN_LIFETIME = 24 * 3600.0  # documented: a token is valid for 24 hours
 TOKEN_REFRESH_MARGIN = 15 * 60.0  # renew this long before the 24 h end
+
+
+def auth_body(app_key: str, app_secret: str) -> dict[str, str]:
+    """The JSON body of the auth request (field names as documented)."""
+    return {"APPKey": app_key, "APPSecret": app_secret}
+
+
+def token_from(data: object) -> str:
+    """
+    Return the token of an auth answer's `data`, or raise `DecodeError` when it has none.
+    """
+    token = data.get("token") if isinstance(data, dict) else None
+    if not isinstance(token, str) or not token:
+        raise DecodeError("auth answer has no token", field_path="data.token", method="POST", path=AUTH_PATH)
+    return token
+
+
+PostJSON = Callable[[str, object], Awaitable[Response]]  # (path, json body) -> the successful answer
+
+
+def token_fetcher(post: PostJSON, *, app_key: str, app_secret: str) -> Callable[[], Awaitable[str]]:
+    """
+    Return the *fetch* callable a `TokenCache` needs: one auth request through *post*, then the token.
+
+    A refused pair becomes an `AuthenticationError` that says so (the body is kept, already redacted).
+    """
+    body = auth_body(app_key, app_secret)
+
+    async def fetch() -> str:
+        refused: AuthenticationError | None = None
+        try:
+            response = await post(AUTH_PATH, body)
+        except AuthenticationError as exc:
+            refused = AuthenticationError(
+                "the APPKey/APPSecret pair was refused; check the credentials",
+                status=exc.status,
+                code=exc.code,
+                envelope_status=exc.envelope_status,
+                body=exc.body,
+                method="POST",
+                path=AUTH_PATH,
+            )
+        if refused is not None:
+            raise refused  # outside the except block: no chained context
+        return token_from(response.data)
+
+    return fetch
 
 
 def is_fresh(obtained_at: float, now: float, *, lifetime: float, margin: float) -> bool:
@@ -58,6 +115,11 @@ class TokenCache:
 
     def __repr__(self) -> str:
         return f"<TokenCache has_token={self._token is not None}>"
+
+    @property
+    def token(self) -> str | None:
+        """The last token obtained, fresh or not (for scrubbing it from errors); None before the first."""
+        return self._token
 
     def _current(self) -> str | None:
         if self._token is not None and is_fresh(

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Self, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -31,10 +31,11 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
-from ._convert import format_time, structure_items
+from ._convert import ids_in, parse_page, rows, str_or_none
 from ._pagination import WorkflowIterator
-from ._ratelimit import Pacer
-from ._session import Response, Transport
+from ._protocol import Response
+from ._session import SendLoop
+from ._time import format_time
 from .errors import DecodeError
 from .models import (
     ClientStats,
@@ -55,6 +56,8 @@ DETAILINSTANCES_PATH = "/service/cloud/workflow/detailinstances"
 APINOTICEINFO_PATH = "/service/cloud/workflow/apinoticeinfo"
 TASKDETAIL_PATH = "/service/cloud/workflow/taskdetail"
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_PATH = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
+_UNSAFE_URL = re.compile(r"[?#\\\s\x00-\x1f\x7f]")
 
 
 def _version() -> str:
@@ -66,11 +69,22 @@ def _version() -> str:
 def check_base_url(url: str) -> str:
     """
     Return *url* without a trailing slash; refuse anything but https, except http to loopback.
+
+    Only `scheme://host[:port][/prefix]` is accepted: no user info, query or fragment (not even a bare
+    `?` or `#`, which would send the auth request somewhere else), no `.`/`..` segments, no spaces or
+    control characters.
     """
+    if not isinstance(url, str):
+        raise TypeError(f"base_url must be a str, got {type(url).__name__}")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
-    if parts.query or parts.fragment or "@" in parts.netloc:
+    if (
+        _UNSAFE_URL.search(url)
+        or "@" in parts.netloc
+        or any(seg in (".", "..") for seg in parts.path.split("/"))
+        or (parts.path and not _PATH.fullmatch(parts.path.rstrip("/") or "/x"))
+    ):
         raise ValueError(f"base_url must be scheme://host[:port][/prefix], got {url!r}")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ValueError(
@@ -78,6 +92,22 @@ def check_base_url(url: str) -> str:
             "use https (http is only allowed for loopback test servers)"
         )
     return url.rstrip("/")
+
+
+def check_path(path: object) -> str:
+    """
+    Return *path* when it is an absolute API path of plain segments, else raise `ValueError`.
+
+    Segments are letters, digits and `-._~`; `.` and `..` (which would climb out of a base URL's
+    prefix), empty segments, `%` escapes, `?` and `#` are refused: pass query values as *params*.
+    """
+    if (
+        not isinstance(path, str)
+        or not _PATH.fullmatch(path)
+        or any(seg in (".", "..") for seg in path.split("/"))
+    ):
+        raise ValueError(f"path must be an absolute API path like '/service/cloud/...', got {path!r}")
+    return path
 
 
 def _is_loopback(host: str) -> bool:
@@ -96,6 +126,7 @@ def _check_window(start_time: datetime | None, end_time: datetime | None) -> Non
                 raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
             if value.utcoffset() is None:
                 raise ValueError(f"{name} is naive: pass a timezone-aware datetime (e.g. tzinfo=UTC)")
+            format_time(value, "utc")  # a time with no UTC equivalent (year 1 east of UTC) fails here
     if start_time is not None and end_time is not None and start_time > end_time:
         raise ValueError(f"start_time {start_time.isoformat()} is after end_time {end_time.isoformat()}")
 
@@ -122,36 +153,29 @@ def _merge_extra(body: dict[str, object], extra: Mapping[str, object] | None) ->
     return body
 
 
-def _rows(data: object, *, whole: bool) -> tuple[dict[str, object], ...]:
-    """
-    The objects of an answer whose shape is undocumented: `data` itself when it is a list, else its
-    `lists`, `list` or `records` (guesses); with *whole*, a bare object counts as the one row.
-    """
-    rows: object = data
-    if isinstance(data, dict):
-        rows = data.get("lists", data.get("list", data.get("records", [data] if whole else None)))
-    return tuple(r for r in rows if isinstance(r, dict)) if isinstance(rows, list) else ()
-
-
-def _ids_in(data: object) -> tuple[str, ...]:
-    """Collect the workflow ids of an answer's rows."""
-    ids = (r.get("workflow_id") for r in _rows(data, whole=True))
-    return tuple(i for i in ids if isinstance(i, str))
-
-
-def _str_or_none(data: object, key: str) -> str | None:
-    value = data.get(key) if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
-
-
 def _filters(start_time: datetime | None, end_time: datetime | None) -> dict[str, str]:
     """The instancelist query parameters for a creation-time window, in the documented form."""
     params = {}
     if start_time is not None:
-        params["start_time"] = format_time(start_time)
+        params["start_time"] = format_time(start_time, "wire")
     if end_time is not None:
-        params["end_time"] = format_time(end_time)
+        params["end_time"] = format_time(end_time, "wire")
     return params
+
+
+class RequestOptions(TypedDict, total=False):
+    """
+    The keyword arguments of `AirudderClient.request()` and `request_full()`; every one is optional.
+    """
+
+    params: Mapping[str, str | int] | None
+    json: object
+    idempotent: bool | None
+    retry: RetryPolicy | None
+    timeouts: Timeouts | None
+
+
+_REQUEST_OPTIONS = frozenset(RequestOptions.__annotations__)
 
 
 def _check_overrides(retry: object, timeouts: object, idempotent: object = None) -> None:
@@ -205,17 +229,17 @@ class AirudderClient:
                 raise TypeError(f"{name} must be a {cls.__name__}, got {type(obj).__name__}")
         self._app_key = app_key
         self._app_secret = app_secret
-        self.base_url = check_base_url(base_url)
-        self.timeouts = timeouts
-        self.limits = limits
-        self.retry = retry
-        self.user_agent = user_agent or (
+        self._base_url = check_base_url(base_url)
+        self._timeouts = timeouts
+        self._limits = limits
+        self._retry = retry
+        self._user_agent = user_agent or (
             f"airudder-async/{_version()} Python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
         )
         self._event_hook = event_hook
         self._user_session = session
         self._session: aiohttp.ClientSession | None = None
-        self._transport: Transport | None = None
+        self._loop: SendLoop | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._owner: asyncio.Task[None] | None = None
         self._stop: anyio.Event | None = None
@@ -259,7 +283,35 @@ class AirudderClient:
     def __repr__(self) -> str:
         key = self._app_key
         shown = key[:4] + "…" if len(key) > 8 else "…"
-        return f"<AirudderClient base_url={self.base_url!r} app_key={shown!r} state={self._state}>"
+        return f"<AirudderClient base_url={self._base_url!r} app_key={shown!r} state={self._state}>"
+
+    # Configuration is read-only: the send loop copies it when the client opens, so a later change
+    # would be silently ignored. Pass per-call *retry*/*timeouts*, or build another client.
+
+    @property
+    def base_url(self) -> str:
+        """The API root every path is appended to (read-only)."""
+        return self._base_url
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """The per-attempt time limits (read-only; override per call with *timeouts*)."""
+        return self._timeouts
+
+    @property
+    def limits(self) -> Limits:
+        """The pacing and size limits (read-only)."""
+        return self._limits
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy (read-only; override per call with *retry*)."""
+        return self._retry
+
+    @property
+    def user_agent(self) -> str:
+        """The `User-Agent` header sent with every request (read-only)."""
+        return self._user_agent
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -268,20 +320,20 @@ class AirudderClient:
             raise RuntimeError(f"this AirudderClient is {self._state}; create a new one")
         session = self._user_session
         if session is None:
-            connector = aiohttp.TCPConnector(limit=self.limits.max_connections, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(limit=self._limits.max_connections, ttl_dns_cache=300)
             session = self._session = aiohttp.ClientSession(connector=connector)
         headers = {
-            "User-Agent": self.user_agent,
+            "User-Agent": self._user_agent,
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
-        self._transport = Transport(
+        self._loop = SendLoop(
             session=session,
-            base_url=self.base_url,
+            base_url=self._base_url,
             headers=headers,
-            pacer=Pacer(self.limits),
-            retry=self.retry,
-            timeouts=self.timeouts,
+            limits=self._limits,
+            retry=self._retry,
+            timeouts=self._timeouts,
             app_key=self._app_key,
             app_secret=self._app_secret,
             event_hook=self._event_hook,
@@ -331,77 +383,59 @@ class AirudderClient:
                 await self._session.close()
                 self._session = None
 
-    def _require_open(self) -> Transport:
-        if self._state != "open" or self._transport is None:
+    def _require_open(self) -> SendLoop:
+        if self._state != "open" or self._loop is None:
             if self._state == "new":
                 raise RuntimeError("use `async with AirudderClient(...) as client` before calling the API")
             raise RuntimeError("this AirudderClient is closed")
-        return self._transport
+        return self._loop
 
     @property
     def stats(self) -> ClientStats:
         """
         A snapshot of the counters: requests, retries by reason, 429s, budget waits, token refreshes.
         """
-        if self._transport is None:
+        if self._loop is None:
             return ClientStats()
-        return self._transport.stats()
+        return self._loop.stats()
 
     # -- generic call --------------------------------------------------------------------------------
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str | int] | None = None,
-        json: object = None,
-        idempotent: bool | None = None,
-        retry: RetryPolicy | None = None,
-        timeouts: Timeouts | None = None,
-    ) -> object:
+    async def request(self, method: str, path: str, **options: Unpack[RequestOptions]) -> object:
         """
         Call any API *path* with the client's auth, pacing, retries and error mapping; return `data`.
 
-        *idempotent* says whether the call may be retried: `True` or `False` decide; `None` (the
-        default) retries GET calls, and other methods only under a policy with `retry_unsafe`.
-        Use `request_full()` for the whole envelope and headers.
+        The *options* are `RequestOptions`: *params* (query values, str or int), *json* (the body),
+        *idempotent* (`True`/`False` decide whether the call may be retried; `None`, the default,
+        retries GET calls and other methods only under a policy with `retry_unsafe`), and per-call
+        *retry* and *timeouts*. Use `request_full()` for the whole envelope and headers.
         """
-        response = await self.request_full(
-            method, path, params=params, json=json, idempotent=idempotent, retry=retry, timeouts=timeouts
-        )
+        response = await self.request_full(method, path, **options)
         return response.data
 
-    async def request_full(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str | int] | None = None,
-        json: object = None,
-        idempotent: bool | None = None,
-        retry: RetryPolicy | None = None,
-        timeouts: Timeouts | None = None,
-    ) -> Response:
+    async def request_full(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Response:
         """
         Like `request()`, but return the `Response`: HTTP status, headers and the decoded envelope.
         """
         if not isinstance(method, str) or not method.isalpha():
             raise ValueError(f"method must be an HTTP method name, got {method!r}")
-        if not isinstance(path, str) or not path.startswith("/") or "//" in path:
-            raise ValueError(f"path must be an absolute API path like '/service/cloud/...', got {path!r}")
+        check_path(path)
+        unknown = sorted(set(options) - _REQUEST_OPTIONS)
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments {unknown}; see RequestOptions")
+        retry, timeouts, idempotent = options.get("retry"), options.get("timeouts"), options.get("idempotent")
         _check_overrides(retry, timeouts, idempotent)
+        params = options.get("params")
         if params is not None:
             bad = [k for k, v in params.items() if not isinstance(k, str) or not isinstance(v, str | int)]
             if bad or any(isinstance(v, bool) for v in params.values()):
                 raise TypeError(f"params values must be str or int, check {bad or list(params)}")
-        transport = self._require_open()
-        str_params = None if params is None else {k: str(v) for k, v in params.items()}
-        return await transport.call(
+        loop = self._require_open()
+        return await loop.send(
             method.upper(),
             path,
-            params=str_params,
-            json=json,
+            params=None if params is None else {k: str(v) for k, v in params.items()},
+            json=options.get("json"),
             idempotent=idempotent,
             retry=retry,
             timeouts=timeouts,
@@ -429,9 +463,9 @@ class AirudderClient:
         _check_size("size", size)
         _check_window(start_time, end_time)
         _check_overrides(retry, timeouts)
-        transport = self._require_open()
+        loop = self._require_open()
         filters = _filters(start_time, end_time)
-        items, count = parse_page(await self._fetch_page(transport, page, size, filters, retry, timeouts))
+        items, count = _parse_instancelist(await self._fetch_page(loop, page, size, filters, retry, timeouts))
         return Page(items=tuple(items), count=count, page=page, size=size)
 
     def iter_workflows(
@@ -474,17 +508,17 @@ class AirudderClient:
         if snapshot and end_time is None and cursor is None:
             end_time = datetime.now(UTC).replace(microsecond=0)
             _check_window(start_time, end_time)
-        transport = self._require_open()
+        loop = self._require_open()
 
         filters = _filters(start_time, end_time)
 
         async def fetch(page: int) -> object:
             self._require_open()  # a walk kept past the client's end says so, not aiohttp
-            return await self._fetch_page(transport, page, page_size, filters, retry, timeouts)
+            return await self._fetch_page(loop, page, page_size, filters, retry, timeouts)
 
         return WorkflowIterator(
             fetch=fetch,
-            parse=parse_page,
+            parse=_parse_instancelist,
             task_group=self._tg,
             page_size=page_size,
             start_time=start_time,
@@ -529,7 +563,7 @@ class AirudderClient:
             "workflow_template_id": workflow_template_id,
             "name": name,
             "auto_finish": auto_finish,
-            "end_time": format_time(end_time),
+            "end_time": format_time(end_time, "wire"),
         }
         if workflow_template_name is not None:
             body["workflow_template_name"] = workflow_template_name
@@ -541,7 +575,7 @@ class AirudderClient:
             json=_merge_extra(body, extra),
             idempotent=True if retry_unsafe else None,
         )
-        return CreatedWorkflow(workflow_id=_str_or_none(data, "workflow_id"), data=data)
+        return CreatedWorkflow(workflow_id=str_or_none(data, "workflow_id"), data=data)
 
     async def find_workflows(
         self,
@@ -560,14 +594,17 @@ class AirudderClient:
         _check_text("case_id", case_id, required=False)
         if case_id is None and callee is None:
             raise ValueError("pass case_id, callee or both")
-        body: dict[str, object] = {"start_time": format_time(start_time), "end_time": format_time(end_time)}
+        body: dict[str, object] = {
+            "start_time": format_time(start_time, "wire"),
+            "end_time": format_time(end_time, "wire"),
+        }
         if case_id is not None:
             body["case_id"] = case_id
         if callee is not None:
             body["callee"] = _check_e164("callee", callee)
         # A lookup changes nothing, so it is safe to retry.
         data = await self.request("POST", DETAILINSTANCES_PATH, json=body, idempotent=True)
-        return WorkflowMatches(workflow_ids=_ids_in(data), data=data)
+        return WorkflowMatches(workflow_ids=ids_in(data), data=data)
 
     async def verify_api_notice(
         self, *, workflow_id: str, node_id: str, callee: str, case_id: str | None = None
@@ -596,20 +633,20 @@ class AirudderClient:
         if not isinstance(fields, Mapping) or not fields:
             raise ValueError("fields must be a non-empty mapping of the request's fields")
         data = await self.request("POST", TASKDETAIL_PATH, json=dict(fields), idempotent=idempotent)
-        records = _rows(data, whole=False)
+        records = rows(data, whole=False)
         return TaskDetail(
-            workflow_id=_str_or_none(data, "workflow_id"),
-            workflow_name=_str_or_none(data, "workflow_name"),
-            nodetask_id=_str_or_none(data, "nodetask_id"),
-            nodetask_name=_str_or_none(data, "nodetask_name"),
-            case_id=_str_or_none(data, "case_id"),
+            workflow_id=str_or_none(data, "workflow_id"),
+            workflow_name=str_or_none(data, "workflow_name"),
+            nodetask_id=str_or_none(data, "nodetask_id"),
+            nodetask_name=str_or_none(data, "nodetask_name"),
+            case_id=str_or_none(data, "case_id"),
             records=records,
             data=data,
         )
 
     async def _fetch_page(
         self,
-        transport: Transport,
+        loop: SendLoop,
         page: int,
         size: int,
         filters: Mapping[str, str],
@@ -617,27 +654,14 @@ class AirudderClient:
         timeouts: Timeouts | None,
     ) -> object:
         params = {"page": str(page), "size": str(size), **filters}
-        response = await transport.call(
-            "GET", INSTANCELIST_PATH, params=params, retry=retry, timeouts=timeouts
-        )
+        response = await loop.send("GET", INSTANCELIST_PATH, params=params, retry=retry, timeouts=timeouts)
         return response.data
 
 
-def parse_page(data: object) -> tuple[list[Workflow], int]:
-    """
-    Turn an instancelist answer's `data` into (workflows, count), or raise `DecodeError` with the path.
-    """
+def _parse_instancelist(data: object) -> tuple[list[Workflow], int]:
+    """`parse_page()`, with the route of the request added to a `DecodeError`."""
     try:
-        if not isinstance(data, dict):
-            raise DecodeError(f"data is not an object: {type(data).__name__}", field_path="data")
-        count = data.get("count")
-        if type(count) is not int or count < 0:
-            raise DecodeError(f"data.count is not a non-negative integer: {count!r}", field_path="data.count")
-        lists = data.get("lists")
-        if lists is None:
-            lists = []  # guess: an empty result may come without `lists`
-        items = structure_items(Workflow, lists, "data.lists")
+        return parse_page(data)
     except DecodeError as exc:
         exc.method, exc.path = "GET", INSTANCELIST_PATH
         raise
-    return items, count

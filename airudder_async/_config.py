@@ -11,6 +11,7 @@ import attrs
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_LIMITS",
+    "DEFAULT_MAX_RESPONSE_SIZE",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_PREFETCH",
     "DEFAULT_RETRY",
@@ -26,6 +27,8 @@ DEFAULT_BASE_URL = "https://api.airudder.com"
 MAX_PAGE_SIZE = 200  # documented maximum of `size` on instancelist
 DEFAULT_PAGE_SIZE = 200
 DEFAULT_PREFETCH = 8
+# A page of 200 workflows is about 45 KB; no documented answer comes near this.
+DEFAULT_MAX_RESPONSE_SIZE = 16 * 1024 * 1024  # bytes, after decompression
 
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -61,12 +64,18 @@ class Limits:
 
     *max_in_flight* caps concurrent requests; *requests_per_second* is a token-bucket budget
     (`None`: no budget) allowing bursts of *burst* requests; *max_connections* sizes the pool.
+    *max_response_size* bounds one answer in bytes, counted after decompression: a bigger one raises
+    `ResponseTooLargeError` (so at most `max_in_flight` such buffers exist at once).
     """
 
     max_in_flight: int = attrs.field(default=8, validator=attrs.validators.ge(1))
     requests_per_second: float | None = attrs.field(default=None, validator=_positive_or_none)
     burst: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     max_connections: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    max_response_size: int = attrs.field(
+        default=DEFAULT_MAX_RESPONSE_SIZE,
+        validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)],
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -1,66 +1,19 @@
 """
-Pacing: the request budget, the in-flight cap, the shared 429 cool-down, and pure retry arithmetic.
+Pacing: the request budget, the in-flight cap, and the cool-down shared after a 429.
+
+When and how long to wait after a refusal is decided in `_protocol.py`; this module does the waiting.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import anyio
 
-from ._config import Limits, RetryPolicy
+from ._config import Limits
 
-__all__ = ["Pacer", "TokenBucket", "backoff_delay", "parse_retry_after", "retry_reason"]
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """
-    Return the wait a `Retry-After` header asks for, in seconds (never negative), or `None`.
-
-    Both forms are accepted: delay-seconds (`"120"`, `"1.5"`) and an HTTP date.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    now = now or datetime.now(UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
-def backoff_delay(policy: RetryPolicy, retry: int, *, rand: Callable[[], float] = random.random) -> float:
-    """
-    Return the full-jitter wait before retry *retry* (1-based): uniform in [0, min(max, initial·2^(n-1))].
-    """
-    ceiling = min(policy.backoff_max, policy.backoff_initial * 2.0 ** (retry - 1))
-    return ceiling * rand()
-
-
-def retry_reason(status: int | None, error: BaseException | None) -> str:
-    """
-    Name why an attempt failed, for the retry counters: the status, `"timeout"` or `"transport"`.
-    """
-    if status is not None:
-        return str(status)
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    return "transport"
+__all__ = ["Pacer", "TokenBucket"]
 
 
 class TokenBucket:

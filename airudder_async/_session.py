@@ -1,12 +1,17 @@
 """
-The transport: one aiohttp session, the retry loop, and the envelope rules (pure functions at the top).
+The I/O loop: one aiohttp session, the pacer, attempts, deadlines, and the token replay on a 401.
+
+Every decision the loop takes (what an answer means, whether and when to try again) is a pure function
+in `_protocol.py`; this module only does what they say. Third-party exceptions never leave it: each is
+turned into an `AirudderError` outside its `except` block, so neither `__cause__` nor `__context__`
+carries an aiohttp object (whose request info holds the `Authorization` header).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import aiohttp
 import anyio
@@ -14,179 +19,46 @@ import anyio.lowlevel
 import attrs
 
 from . import _json
-from ._auth import AUTH_PATH, TokenCache
-from ._config import RetryPolicy, Timeouts
-from ._ratelimit import Pacer, backoff_delay, parse_retry_after, retry_reason
+from ._auth import TokenCache, token_fetcher
+from ._config import Limits, RetryPolicy, Timeouts
+from ._protocol import (
+    SAFE_METHODS,
+    Response,
+    interpret,
+    redact_text,
+    retry_delay,
+    retry_reason,
+    slows_everyone,
+)
+from ._ratelimit import Pacer
 from .errors import (
     AirudderError,
     APIError,
     AuthenticationError,
-    DecodeError,
-    InvalidRequestError,
-    NotFoundError,
     RateLimitedError,
     RequestTimeoutError,
-    ServerError,
+    ResponseTooLargeError,
     TransportError,
 )
 from .models import ClientStats, RequestEvent
 
-__all__ = ["Response", "Transport", "error_for", "interpret", "redact"]
+__all__ = ["SendLoop"]
 
 logger = logging.getLogger("airudder_async")
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_SECRET_KEYS = frozenset({"token", "appsecret", "app_secret", "authorization", "secret", "password"})
-_REDACTED = "***"
-_BODY_TEXT_LIMIT = 2000
-
-
-def redact(value: object, secrets: Iterable[str] = ()) -> object:
-    """
-    Return *value* with secret-looking keys masked and every known secret string scrubbed.
-    """
-    secrets = tuple(s for s in secrets if s and len(s) >= 4)
-    return _redact(value, secrets)
-
-
-def _redact(value: object, secrets: tuple[str, ...]) -> object:
-    if isinstance(value, dict):
-        return {
-            k: (_REDACTED if isinstance(k, str) and k.lower() in _SECRET_KEYS else _redact(v, secrets))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_redact(v, secrets) for v in value]
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, _REDACTED)
-        return value
-    return value
-
-
-def error_for(
-    *,
-    status: int,
-    code: int | None,
-    envelope_status: str | None,
-    message: str,
-    body: object,
-    retry_after: float | None = None,
-    method: str | None = None,
-    path: str | None = None,
-) -> APIError:
-    """
-    Map an unsuccessful answer to its error class: by HTTP status, or by envelope *code* on a 2xx.
-    """
-    key = code if 200 <= status < 300 and code is not None else status
-    kwargs: dict[str, Any] = {
-        "status": status,
-        "code": code,
-        "envelope_status": envelope_status,
-        "body": body,
-        "method": method,
-        "path": path,
-    }
-    if key in (401, 403):
-        return AuthenticationError(message, **kwargs)
-    if key == 404:
-        return NotFoundError(message, **kwargs)
-    kwargs["retry_after"] = retry_after
-    if key == 429:
-        return RateLimitedError(message, **kwargs)
-    if key >= 500:
-        return ServerError(message, **kwargs)
-    if 400 <= key < 500:
-        return InvalidRequestError(message, **kwargs)
-    return APIError(message, **kwargs)
-
-
-def interpret(
-    status: int,
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    method: str | None = None,
-    path: str | None = None,
-    secrets: Iterable[str] = (),
-) -> dict[str, Any]:
-    """
-    Return the envelope of a successful answer, or raise the error the answer means.
-
-    Success is a 2xx status **and** a JSON object whose `code` is 200 and `status` is `"OK"`.
-    """
-    try:
-        parsed: object = _json.loads(body) if body else None
-    except _json.JSONDecodeError as exc:
-        if 200 <= status < 300:
-            raise DecodeError(f"answer is not JSON ({exc})", method=method, path=path) from None
-        parsed = None
-    ok_status = 200 <= status < 300
-    if ok_status and isinstance(parsed, dict) and parsed.get("code") == 200 and parsed.get("status") == "OK":
-        if "data" not in parsed:
-            raise DecodeError("envelope has no data", field_path="data", method=method, path=path)
-        return parsed
-    if ok_status and not isinstance(parsed, dict):
-        raise DecodeError(
-            f"answer is not an envelope object: {type(parsed).__name__}", method=method, path=path
-        )
-    code: int | None = None
-    envelope_status: str | None = None
-    message = ""
-    if isinstance(parsed, dict):
-        raw_code = parsed.get("code")
-        code = raw_code if type(raw_code) is int else None
-        raw_status = parsed.get("status")
-        envelope_status = raw_status if isinstance(raw_status, str) else None
-        raw_message = parsed.get("message", parsed.get("msg"))
-        message = raw_message if isinstance(raw_message, str) else ""
-        shown: object = redact(parsed, secrets)
-    else:
-        # Scrub before cutting, so a secret that spans the cut cannot leave a visible prefix.
-        text = redact(body.decode("utf-8", "replace"), secrets)
-        shown = text[:_BODY_TEXT_LIMIT] if isinstance(text, str) else text
-    if ok_status and code is None and envelope_status is None:
-        raise DecodeError("answer is not an envelope: no code or status", method=method, path=path)
-    if not message:
-        message = "the API refused the call" if ok_status else _reason(status)
-    message = str(redact(message, secrets))
-    return_error = error_for(
-        status=status,
-        code=code,
-        envelope_status=envelope_status,
-        message=message,
-        body=shown,
-        retry_after=parse_retry_after(headers.get("Retry-After")),
-        method=method,
-        path=path,
-    )
-    raise return_error
-
-
-def _reason(status: int) -> str:
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "unexpected HTTP status"
-
 
 @attrs.frozen
-class Response:
-    """
-    One successful answer: its HTTP *status*, *headers* and decoded *envelope* (`data`, `status`, `code`).
-    """
+class _Call:
+    """One logical call, prepared once: what each attempt sends and how the loop may retry it."""
 
-    status: int
-    headers: Mapping[str, str]
-    envelope: dict[str, Any]
-
-    @property
-    def data(self) -> object:
-        """The envelope's `data`."""
-        return self.envelope["data"]
+    method: str
+    path: str
+    params: Mapping[str, str] | None
+    body: bytes | None
+    auth: bool
+    may_retry: bool
+    policy: RetryPolicy
+    timeout: aiohttp.ClientTimeout
 
 
 class _Counters:
@@ -198,9 +70,10 @@ class _Counters:
         self.rate_limited = 0
 
 
-class Transport:
+class SendLoop:
     """
-    Sends requests through the pacer, retries what may be retried, and maps answers to data or errors.
+    The client's send loop: paces each attempt, adds the token, reads a bounded answer, maps it through
+    `_protocol`, and retries or replays as the rules say.
     """
 
     def __init__(
@@ -209,7 +82,7 @@ class Transport:
         session: aiohttp.ClientSession,
         base_url: str,
         headers: Mapping[str, str],
-        pacer: Pacer,
+        limits: Limits,
         retry: RetryPolicy,
         timeouts: Timeouts,
         app_key: str,
@@ -219,22 +92,24 @@ class Transport:
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers)
-        self.pacer = pacer
+        self.pacer = Pacer(limits)
+        self.max_response_size = limits.max_response_size
         self.retry = retry
         self.timeouts = timeouts
         self.event_hook = event_hook
-        self._app_key = app_key
         self._app_secret = app_secret
-        self.auth = TokenCache(self._fetch_token)
+        self.auth = TokenCache(
+            token_fetcher(self._post_unauthenticated, app_key=app_key, app_secret=app_secret)
+        )
         self.counters = _Counters()
         self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
 
     def __repr__(self) -> str:
-        return f"<Transport {self.base_url}>"
+        return f"<SendLoop {self.base_url}>"
 
-    def _secrets(self, used: str | None = None) -> tuple[str, ...]:
+    def _secrets(self, used: str | None = None) -> tuple[str | None, ...]:
         """The strings to scrub: the secret, the current token, and the token an attempt used."""
-        return tuple(s for s in (self._app_secret, self.auth._token, used) if s)
+        return (self._app_secret, self.auth.token, used)
 
     def stats(self) -> ClientStats:
         c = self.counters
@@ -250,37 +125,49 @@ class Transport:
             cooldown_wait=self.pacer.cooldown_wait,
         )
 
-    async def _fetch_token(self) -> str:
-        body = {"APPKey": self._app_key, "APPSecret": self._app_secret}
-        try:
-            response = await self.call("POST", AUTH_PATH, json=body, auth=False, idempotent=True)
-        except AuthenticationError as exc:
-            raise AuthenticationError(
-                "the APPKey/APPSecret pair was refused; check the credentials",
-                status=exc.status,
-                code=exc.code,
-                envelope_status=exc.envelope_status,
-                body=exc.body,
-                method="POST",
-                path=AUTH_PATH,
-            ) from None
-        data = response.data
-        token = data.get("token") if isinstance(data, dict) else None
-        if not isinstance(token, str) or not token:
-            raise DecodeError(
-                "auth answer has no token", field_path="data.token", method="POST", path=AUTH_PATH
-            )
-        return token
-
-    def _emit(self, event: RequestEvent) -> None:
+    def _emit(
+        self,
+        kind: Literal["request", "response", "retry"],
+        call: _Call,
+        attempt: int,
+        *,
+        status: int | None = None,
+        elapsed: float | None = None,
+        delay: float | None = None,
+        reason: str | None = None,
+    ) -> None:
         if self.event_hook is None:
             return
+        event = RequestEvent(
+            kind=kind,
+            method=call.method,
+            path=call.path,
+            attempt=attempt,
+            status=status,
+            elapsed=elapsed,
+            delay=delay,
+            reason=reason,
+        )
         try:
             self.event_hook(event)
         except Exception:
-            logger.exception("event_hook raised on %s %s; ignoring", event.method, event.path)
+            logger.exception("event_hook raised on %s %s; ignoring", call.method, call.path)
 
-    async def call(
+    def _timeout(self, timeouts: Timeouts | None) -> aiohttp.ClientTimeout:
+        t = timeouts or self.timeouts
+        cached = self._client_timeouts.get(t)
+        if cached is None:
+            cached = self._client_timeouts[t] = aiohttp.ClientTimeout(
+                total=t.total, sock_connect=t.connect, sock_read=t.read
+            )
+        return cached
+
+    async def _post_unauthenticated(self, path: str, json: object) -> Response:
+        return await self.send("POST", path, json=json, auth=False, idempotent=True)
+
+    # -- the three layers: the call's deadline, the retry loop, one attempt ---------------------------
+
+    async def send(
         self,
         method: str,
         path: str,
@@ -293,47 +180,37 @@ class Transport:
         timeouts: Timeouts | None = None,
     ) -> Response:
         """
-        Send one logical call (with its retries) and return the successful answer.
+        Send one logical call (with its retries, within the policy's deadline); return the answer.
         """
         policy = retry or self.retry
         # An explicit answer from the caller wins; otherwise reads retry, and writes only by policy.
         may_retry = idempotent if idempotent is not None else (method in SAFE_METHODS or policy.retry_unsafe)
-        body = None if json is None else _json.dumps(json)
+        call = _Call(
+            method=method,
+            path=path,
+            params=params,
+            body=None if json is None else _json.dumps(json),
+            auth=auth,
+            may_retry=may_retry,
+            policy=policy,
+            timeout=self._timeout(timeouts),
+        )
         if policy.deadline is None:
-            return await self._call(method, path, params, body, auth, may_retry, policy, timeouts)
-        try:
-            with anyio.fail_after(policy.deadline):
-                return await self._call(method, path, params, body, auth, may_retry, policy, timeouts)
-        except TimeoutError as exc:
-            if isinstance(exc, AirudderError):
-                raise
-            self.counters.errors += 1
-            raise RequestTimeoutError(
-                f"call deadline of {policy.deadline:g} s ran out", method=method, path=path
-            ) from None
+            return await self._with_retries(call)
+        with anyio.move_on_after(policy.deadline):
+            return await self._with_retries(call)
+        # Only the deadline's own cancellation lands here; raised outside any except block.
+        self.counters.errors += 1
+        raise RequestTimeoutError(f"call deadline of {policy.deadline:g} s ran out", method=method, path=path)
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, str] | None,
-        body: bytes | None,
-        auth: bool,
-        may_retry: bool,
-        policy: RetryPolicy,
-        timeouts: Timeouts | None,
-    ) -> Response:
+    async def _with_retries(self, call: _Call) -> Response:
         attempt = 0
         replayed = False
         while True:
             attempt += 1
-            token = await self.auth.get() if auth else None
+            token = await self.auth.get() if call.auth else None
             try:
-                status, headers, raw = await self._send(method, path, params, body, token, timeouts, attempt)
-                envelope = interpret(
-                    status, headers, raw, method=method, path=path, secrets=self._secrets(token)
-                )
-                return Response(status, headers, envelope)
+                return await self._attempt(call, token, attempt)
             except AuthenticationError:
                 if token is not None and not replayed:
                     # The token may have expired or been revoked: refresh once, replay once.
@@ -344,133 +221,105 @@ class Transport:
                 self.counters.errors += 1
                 raise
             except (APIError, TransportError) as exc:
-                status_code = exc.status if isinstance(exc, APIError) else None
                 if isinstance(exc, RateLimitedError):
                     self.counters.rate_limited += 1
-                delay = self._retry_delay(exc, may_retry, policy, attempt)
+                delay = retry_delay(exc, call.policy, attempt, call.may_retry)
                 if delay is None:
                     self.counters.errors += 1
                     raise
-                if isinstance(exc, RateLimitedError) or (isinstance(exc, APIError) and exc.retry_after):
+                if slows_everyone(exc):
                     # The server asked us to slow down: every task waits, not only this one.
                     self.pacer.cool_down(delay)
-                reason = retry_reason(status_code, exc)
-                if isinstance(exc, APIError) and 200 <= exc.status < 300:
-                    reason = f"code {exc.code}"
-                self.counters.retries[reason] = self.counters.retries.get(reason, 0) + 1
-                logger.info(
-                    "retrying %s %s after %s (attempt %d of %d) in %.2f s",
-                    method,
-                    path,
-                    reason,
-                    attempt,
-                    policy.attempts,
-                    delay,
-                )
-                if self.event_hook is not None:
-                    self._emit(
-                        RequestEvent(
-                            kind="retry",
-                            method=method,
-                            path=path,
-                            attempt=attempt,
-                            status=status_code,
-                            delay=delay,
-                            reason=reason,
-                        )
-                    )
-                await anyio.sleep(delay)
-            except DecodeError:
+                reason = retry_reason(exc)
+                status = exc.status if isinstance(exc, APIError) else None
+            except AirudderError:
                 self.counters.errors += 1
                 raise
-
-    def _retry_delay(
-        self, exc: APIError | TransportError, may_retry: bool, policy: RetryPolicy, attempt: int
-    ) -> float | None:
-        """Return how long to wait before retrying after *exc*, or None to give up."""
-        if isinstance(exc, TransportError):
-            retryable = policy.retry_transport_errors
-        else:
-            key = exc.code if 200 <= exc.status < 300 and exc.code is not None else exc.status
-            retryable = key in policy.statuses
-        retry_after = exc.retry_after if isinstance(exc, APIError) else None
-        if retry_after is not None and retry_after > policy.retry_after_max:
-            return None  # the server asks for longer than we may wait: the caller decides
-        if not (retryable and may_retry) or attempt >= policy.attempts:
-            return None
-        if retry_after is not None:
-            return retry_after
-        return backoff_delay(policy, attempt)
-
-    def _timeout(self, timeouts: Timeouts | None) -> aiohttp.ClientTimeout:
-        t = timeouts or self.timeouts
-        cached = self._client_timeouts.get(t)
-        if cached is None:
-            cached = self._client_timeouts[t] = aiohttp.ClientTimeout(
-                total=t.total, sock_connect=t.connect, sock_read=t.read
+            self.counters.retries[reason] = self.counters.retries.get(reason, 0) + 1
+            logger.info(
+                "retrying %s %s after %s (attempt %d of %d) in %.2f s",
+                call.method,
+                call.path,
+                reason,
+                attempt,
+                call.policy.attempts,
+                delay,
             )
-        return cached
+            self._emit("retry", call, attempt, status=status, delay=delay, reason=reason)
+            await anyio.sleep(delay)
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, str] | None,
-        body: bytes | None,
-        token: str | None,
-        timeouts: Timeouts | None,
-        attempt: int,
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    async def _attempt(self, call: _Call, token: str | None, attempt: int) -> Response:
         headers = self.headers
         if token is not None:
             headers = {**headers, "Authorization": f"Token {token}"}
+        failure: AirudderError | None = None
         async with self.pacer.slot():
             # A call cancelled while it queued must not reach the wire (aiohttp may write before it
             # first suspends, so cancellation would only land after the request went out).
             await anyio.lowlevel.checkpoint_if_cancelled()
             self.counters.requests += 1
-            if self.event_hook is not None:
-                self._emit(RequestEvent(kind="request", method=method, path=path, attempt=attempt))
+            self._emit("request", call, attempt)
             started = anyio.current_time()
             try:
                 async with self.session.request(
-                    method,
-                    self.base_url + path,
-                    params=params,
-                    data=body,
+                    call.method,
+                    self.base_url + call.path,
+                    params=call.params,
+                    data=call.body,
                     headers=headers,
-                    timeout=self._timeout(timeouts),
+                    timeout=call.timeout,
                     allow_redirects=False,
                 ) as resp:
-                    raw = await resp.read()
+                    raw = await _read_bounded(resp, self.max_response_size)
                     status, resp_headers = resp.status, resp.headers
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                timed_out = isinstance(exc, TimeoutError)  # aiohttp's timeouts are TimeoutErrors too
-                if self.event_hook is not None:
-                    self._emit(
-                        RequestEvent(
-                            kind="response",
-                            method=method,
-                            path=path,
-                            attempt=attempt,
-                            elapsed=anyio.current_time() - started,
-                            reason="timeout" if timed_out else "transport",
-                        )
-                    )
-                if timed_out:
-                    raise RequestTimeoutError("the attempt timed out", method=method, path=path) from None
-                detail = redact(str(exc), self._secrets(token))
-                raise TransportError(f"{type(exc).__name__}: {detail}", method=method, path=path) from exc
-        self.counters.responses += 1
-        if self.event_hook is not None:
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                # aiohttp's timeouts are TimeoutErrors too; ValueError covers a malformed answer line
+                # or header that some aiohttp versions raise raw.
+                if isinstance(exc, TimeoutError):
+                    failure = RequestTimeoutError("the attempt timed out")
+                else:
+                    detail = redact_text(f"{type(exc).__name__}: {exc}", self._secrets(token))
+                    failure = TransportError(detail)
+        if failure is not None:
             self._emit(
-                RequestEvent(
-                    kind="response",
-                    method=method,
-                    path=path,
-                    attempt=attempt,
-                    status=status,
-                    elapsed=anyio.current_time() - started,
-                )
+                "response",
+                call,
+                attempt,
+                elapsed=anyio.current_time() - started,
+                reason="timeout" if isinstance(failure, TimeoutError) else "transport",
             )
-        return status, resp_headers, raw
+            raise _routed(failure, call)
+        self.counters.responses += 1
+        self._emit("response", call, attempt, status=status, elapsed=anyio.current_time() - started)
+        if raw is None:
+            raise _routed(
+                ResponseTooLargeError(
+                    f"the answer is larger than {self.max_response_size:,} bytes "
+                    "(Limits.max_response_size, counted after decompression)",
+                    limit=self.max_response_size,
+                ),
+                call,
+            )
+        try:
+            envelope = interpret(status, resp_headers, raw, secrets=self._secrets(token))
+        except AirudderError as exc:
+            raise _routed(exc, call)  # noqa: B904 - interpret raises without a chained exception
+        return Response(status, resp_headers, envelope)
+
+
+def _routed(error: AirudderError, call: _Call) -> AirudderError:
+    error.method, error.path = call.method, call.path
+    return error
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """Read the (decompressed) body, or return None as soon as it grows past *limit* bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            resp.close()  # the rest is never read: the connection cannot be reused
+            return None
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

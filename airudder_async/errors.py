@@ -12,7 +12,8 @@ AirudderError
 │   ├── RateLimitedError        429 (retry_after in seconds when the server said)
 │   └── ServerError             5xx (or an envelope code >= 500)
 └── DecodeError                 the answer was not JSON, its data did not fit the model, or a webhook
-                                body did not fit its event
+    │                           body did not fit its event
+    └── ResponseTooLargeError   the answer outgrew `Limits.max_response_size` (after decompression)
 ```
 
 Errors raised by a workflow walk also carry `cursor`, a `Cursor` that resumes the walk exactly where it
@@ -36,6 +37,7 @@ __all__ = [
     "NotFoundError",
     "RateLimitedError",
     "RequestTimeoutError",
+    "ResponseTooLargeError",
     "ServerError",
     "TransportError",
 ]
@@ -192,3 +194,19 @@ class DecodeError(AirudderError):
     ) -> None:
         super().__init__(message, method=method, path=path)
         self.field_path = field_path
+
+
+class ResponseTooLargeError(DecodeError):
+    """
+    The answer grew past *limit* bytes (`Limits.max_response_size`, counted after decompression).
+
+    It is not retried: the same request would bring the same answer. Raise the limit if it is genuine.
+    """
+
+    limit: int
+
+    def __init__(
+        self, message: str, *, limit: int, method: str | None = None, path: str | None = None
+    ) -> None:
+        super().__init__(message, method=method, path=path)
+        self.limit = limit

@@ -11,6 +11,8 @@ from typing import Generic, Literal, TypeVar
 
 import attrs
 
+from ._time import format_time, parse_time
+
 __all__ = [
     "ClientStats",
     "CreatedWorkflow",
@@ -71,10 +73,7 @@ class Workflow:
 
 
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    return None if value is None else format_time(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -190,14 +189,7 @@ class Cursor:
 
 
 def _parse_opt(value: object) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"time must be a string, got {type(value).__name__}")
-    parsed = datetime.fromisoformat(value)
-    if parsed.utcoffset() is None:
-        raise TypeError("cursor times must carry an offset")
-    return parsed
+    return None if value is None else parse_time(value, assume_utc=False)
 
 
 @attrs.frozen(kw_only=True)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from airudder_async._session import interpret, redact
+from airudder_async._protocol import interpret, redact
 from airudder_async.errors import (
     AirudderError,
     APIError,
@@ -65,11 +65,11 @@ def test_status_and_code_mapping(status: int, code: int | None, cls: type[APIErr
     """Errors map by HTTP status, and by envelope code on a 2xx."""
     raw = body(status="ERROR", code=code, msg="nope") if code is not None else b"<html>gateway</html>"
     with pytest.raises(cls) as info:
-        interpret(status, {}, raw, method="GET", path="/p")
+        interpret(status, {}, raw)
     assert type(info.value) is cls
     assert info.value.status == status
     assert info.value.code == code
-    assert str(info.value).startswith(f"GET /p: HTTP {status}")
+    assert str(info.value).startswith(f"HTTP {status}")
 
 
 def test_retry_after_is_parsed_onto_rate_limited() -> None:

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from airudder_async._convert import converter, format_time, parse_time, structure_items
+from airudder_async._convert import converter, structure_items
+from airudder_async._time import format_time, parse_time
 from airudder_async.errors import DecodeError
 from airudder_async.models import Cursor, Page, Workflow, WorkflowStatus
 
@@ -99,10 +100,11 @@ def test_time_forms(text: str, expected: datetime) -> None:
 def test_format_time_documented_form() -> None:
     """Request times go out as `YYYY-MM-DD HH:MM:SS+HH:MM`; naive ones are refused."""
     tz = timezone(timedelta(hours=7))
-    assert format_time(datetime(2022, 12, 12, 12, 34, 56, 999, tzinfo=tz)) == "2022-12-12 12:34:56+07:00"
-    assert format_time(datetime(2022, 1, 1, tzinfo=UTC)) == "2022-01-01 00:00:00+00:00"
+    wire = datetime(2022, 12, 12, 12, 34, 56, 999, tzinfo=tz)
+    assert format_time(wire, "wire") == "2022-12-12 12:34:56+07:00"
+    assert format_time(datetime(2022, 1, 1, tzinfo=UTC), "wire") == "2022-01-01 00:00:00+00:00"
     with pytest.raises(ValueError, match="naive"):
-        format_time(datetime(2022, 1, 1))
+        format_time(datetime(2022, 1, 1), "wire")
 
 
 @pytest.mark.parametrize(
