@@ -5,6 +5,7 @@ The token cache: one fetch shared by concurrent callers, failures shared but not
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from airudder_async import AirudderClient, RetryPolicy
@@ -23,9 +24,10 @@ def test_is_fresh_margin() -> None:
 
 async def test_callers_arriving_during_a_failing_fetch_share_it() -> None:
     """Callers that arrive while a doomed auth request is in flight get its failure, not a new request."""
-    async with FakeAirudder(latency=0.1) as fake:
+    async with FakeAirudder() as fake:
         client = AirudderClient(app_key=fake.app_key, app_secret="not-the-secret", base_url=fake.url)
         errors: list[BaseException] = []
+        gate = fake.gate(AUTH_PATH)
 
         async def call() -> None:
             try:
@@ -35,9 +37,14 @@ async def test_callers_arriving_during_a_failing_fetch_share_it() -> None:
 
         async with client, anyio.create_task_group() as tg:
             tg.start_soon(call)
-            await anyio.sleep(0.03)  # the first auth request is now in flight
+            await gate.wait_held(1)  # the first auth request is now in flight, and stays there
             for _ in range(5):
                 tg.start_soon(call)
+            lock = client._loop.auth._lock  # type: ignore[union-attr]  # the client is open
+            with anyio.fail_after(5):
+                while lock.statistics().tasks_waiting < 5:  # the late callers queue for the shared fetch
+                    await anyio.lowlevel.checkpoint()
+            gate.release()
     assert len(errors) == 6
     assert fake.hits("POST", AUTH_PATH) == 1
     assert len({id(e) for e in errors}) == 6  # each caller gets its own exception object
@@ -46,7 +53,7 @@ async def test_callers_arriving_during_a_failing_fetch_share_it() -> None:
 async def test_walks_sharing_an_auth_failure_keep_their_own_cursors() -> None:
     """Two walks failing on the same auth answer each carry their own cursor."""
     async with (
-        FakeAirudder(workflows=10, latency=0.05) as fake,
+        FakeAirudder(workflows=10) as fake,
         fake.client(retry=RetryPolicy(attempts=1)) as client,
     ):
         fake.inject(Fault.http_status(503), path=AUTH_PATH)
