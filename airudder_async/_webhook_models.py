@@ -3,26 +3,32 @@ Webhook bodies as frozen models, and the pure rules that read them: kind detecti
 
 Field names are the vendor's (airudder-api.md section 5). Every model keeps what it does not model:
 *extra* holds the unknown keys of that object, and each event's *raw* holds the whole decoded body.
-The socket side lives in `webhooks.py`.
+`WebhookLimits` bounds the work one body can cause. The socket side lives in `webhooks.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import operator
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, TypeAlias, TypeVar
 
 import attrs
 import cattrs
+from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, override
+from cattrs.preconf.json import make_converter
 from cattrs.v import format_exception
 
-from ._convert import converter
 from .errors import DecodeError
 
 __all__ = [
+    "DEFAULT_WEBHOOK_LIMITS",
+    "ERROR_TEXT_LIMIT",
+    "LARGE_BODY_SIZE",
     "SIGNATURE_HEADER",
     "ChatbotSessionEndEvent",
     "CustomApiCallee",
@@ -34,6 +40,8 @@ __all__ = [
     "StatusChangeEvent",
     "WebhookEvent",
     "WebhookKind",
+    "WebhookLimits",
+    "bounded",
     "check_kind",
     "decode_body",
     "dedupe_key",
@@ -46,6 +54,91 @@ T = TypeVar("T")
 
 SIGNATURE_HEADER: Final = "X-AIRudder-Sign"
 _BODY = "body"  # the root of every field path in a DecodeError: "body.rows[0].nodetask_id"
+
+DEFAULT_MAX_BODY_SIZE: Final = 1_048_576  # bytes
+DEFAULT_MAX_DEPTH: Final = 64  # nested arrays and objects; the documented bodies nest 3 deep
+# The highest max_depth allowed: far below the interpreter's recursion limit (1000), which the stdlib
+# json module counts against on Python 3.11, so no accepted depth can end in a RecursionError.
+MAX_DEPTH_CEILING: Final = 256
+DEFAULT_MAX_ITEMS: Final = 10_000  # JSON values in one body, nested ones included
+DEFAULT_MAX_LIST_LENGTH: Final = 1_000  # entries of `rows` or `actions`
+DEFAULT_MAX_PENDING: Final = 100  # callbacks scheduled and not finished
+DEFAULT_MAX_LARGE_BODIES: Final = 4  # bodies over LARGE_BODY_SIZE in progress at once
+DEFAULT_BODY_TIMEOUT: Final = 10.0  # seconds
+DEFAULT_DEDUPE_SIZE: Final = 10_000  # bodies remembered
+# AIRUDDER's retries span about 5 minutes (once a minute, 5 tries); remember a body twice as long.
+DEFAULT_DEDUPE_TTL: Final = 600.0  # seconds
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0  # seconds
+LARGE_BODY_SIZE: Final = 65_536  # bytes; a body above it (or of unknown length) takes a large-body slot
+ERROR_TEXT_LIMIT: Final = 1_024  # bytes of UTF-8 in a DecodeError message, a decode_error or a log line
+# Reading an integer costs time quadratic in its digits (Python allows 4300): 240 such integers fit in
+# 1 MiB and take 70 ms. Ids and timestamps have fewer than 30 digits.
+MAX_INT_DIGITS: Final = 100
+
+
+def _at_least(minimum: int) -> Callable[[object, attrs.Attribute[Any], int], None]:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+        if type(value) is not int or value < minimum:
+            raise ValueError(f"{attr.name} must be an integer >= {minimum}, got {value!r}")
+
+    return check
+
+
+def _seconds(*, allow_zero: bool) -> Callable[[object, attrs.Attribute[Any], float], None]:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+        if not isinstance(value, int | float) or not (value >= 0 if allow_zero else value > 0):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"{attr.name} must be a number of seconds {bound}, got {value!r}")
+
+    return check
+
+
+def _depth(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+    _at_least(1)(_inst, attr, value)
+    if value > MAX_DEPTH_CEILING:
+        raise ValueError(f"{attr.name} must be at most {MAX_DEPTH_CEILING}, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class WebhookLimits:
+    """
+    Every bound of the webhook receiver: how much work one request, or a flood of them, can cause.
+
+    Per body: at most *max_body_size* bytes (413), read within *body_timeout* seconds of its headers
+    (408), nested at most *max_depth* deep and holding at most *max_items* JSON values (400); a `rows` or
+    `actions` list longer than *max_list_length* does not fit its model (delivered as `GenericEvent`).
+    At once: at most *max_pending* callbacks scheduled and not finished, and at most *max_large_bodies*
+    bodies over 64 KiB (or of unknown length) from the first byte read to their callback's end; beyond
+    either, the answer is 503 so AIRUDDER retries later. Duplicates: the last *dedupe_size* bodies
+    (0 turns it off), each for *dedupe_ttl* seconds (`math.inf`: until evicted). At shutdown, pending
+    callbacks get *shutdown_timeout* seconds before they are cancelled. Tweak with
+    `attrs.evolve(DEFAULT_WEBHOOK_LIMITS, max_pending=500)`.
+    """
+
+    max_body_size: int = attrs.field(default=DEFAULT_MAX_BODY_SIZE, validator=_at_least(1))
+    body_timeout: float = attrs.field(default=DEFAULT_BODY_TIMEOUT, validator=_seconds(allow_zero=False))
+    max_depth: int = attrs.field(default=DEFAULT_MAX_DEPTH, validator=_depth)
+    max_items: int = attrs.field(default=DEFAULT_MAX_ITEMS, validator=_at_least(1))
+    max_list_length: int = attrs.field(default=DEFAULT_MAX_LIST_LENGTH, validator=_at_least(0))
+    max_pending: int = attrs.field(default=DEFAULT_MAX_PENDING, validator=_at_least(1))
+    max_large_bodies: int = attrs.field(default=DEFAULT_MAX_LARGE_BODIES, validator=_at_least(0))
+    dedupe_size: int = attrs.field(default=DEFAULT_DEDUPE_SIZE, validator=_at_least(0))
+    dedupe_ttl: float = attrs.field(default=DEFAULT_DEDUPE_TTL, validator=_seconds(allow_zero=False))
+    shutdown_timeout: float = attrs.field(
+        default=DEFAULT_SHUTDOWN_TIMEOUT, validator=_seconds(allow_zero=True)
+    )
+
+
+DEFAULT_WEBHOOK_LIMITS: Final = WebhookLimits()
+
+
+def bounded(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """Cut *text* to at most *limit* bytes of UTF-8, saying how much was cut."""
+    encoded = text.encode("utf-8", "backslashreplace")
+    if len(encoded) <= limit:
+        return text
+    suffix = f"... ({len(encoded)} bytes, cut)"
+    return encoded[: limit - len(suffix)].decode("utf-8", "ignore") + suffix
 
 
 class WebhookKind:
@@ -297,13 +390,23 @@ def _loose_int(value: object, _type: object = int) -> int:
 
 
 def _tuple_of(cls: type[T]) -> Callable[[object, object], tuple[T, ...]]:
-    tuple_type: Any = tuple[cls, ...]  # type: ignore[valid-type]  # cls is only known at run time
-
     def structure(value: object, _type: object) -> tuple[T, ...]:
         if not isinstance(value, list | tuple):
             raise TypeError(f"expected a list, got {type(value).__name__}")
-        result: tuple[T, ...] = converter.structure(value, tuple_type)
-        return result
+        hook = _converter.get_structure_hook(cls)
+        items: list[T] = []
+        # Stop at the first bad entry (cattrs would try them all and keep every error): a hostile list
+        # must cost one error, not one per entry.
+        for index, item in enumerate(value):
+            try:
+                items.append(hook(item, cls))
+            except Exception as exc:
+                note = IterableValidationNote(f"Structuring {cls.__name__} @ index {index}", index, cls)
+                exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+                raise IterableValidationError(
+                    f"While structuring a list of {cls.__name__}", [exc], cls
+                ) from None
+        return tuple(items)
 
     return structure
 
@@ -311,8 +414,15 @@ def _tuple_of(cls: type[T]) -> Callable[[object, object], tuple[T, ...]]:
 _SPECIAL = frozenset({"kind", "extra", "raw", "signature", "decode_error"})
 
 
+# The webhook models' own converter: registering their hooks must not touch the converter that reads
+# API answers (`_convert.converter`).
+_converter = make_converter(forbid_extra_keys=False)
+# The list fields of each model, whose length is checked against max_list_length before structuring.
+_LIST_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
 def _register(cls: type[Any]) -> None:
-    """Register on the shared converter a hook that structures *cls* and keeps unknown keys in *extra*."""
+    """Register a hook that structures *cls* and keeps unknown keys in *extra*."""
     attrs.resolve_types(cls)
     fields = attrs.fields(cls)
     known = frozenset(f.name for f in fields if f.name not in _SPECIAL)
@@ -329,7 +439,9 @@ def _register(cls: type[Any]) -> None:
             overrides[field.name] = override(struct_hook=_loose_int)
         elif getattr(field.type, "__origin__", None) is tuple:
             overrides[field.name] = override(struct_hook=_tuple_of(field.type.__args__[0]))
-    fn = make_dict_structure_fn(cls, converter, _cattrs_detailed_validation=True, **overrides)
+            _LIST_FIELDS[cls] = (*_LIST_FIELDS.get(cls, ()), field.name)
+    # Detailed validation reports every bad field of one object: a bounded list (the model's fields).
+    fn = make_dict_structure_fn(cls, _converter, _cattrs_detailed_validation=True, **overrides)
 
     def structure(value: object, _type: object) -> Any:
         if not isinstance(value, Mapping):
@@ -338,27 +450,87 @@ def _register(cls: type[Any]) -> None:
         extra = {k: v for k, v in value.items() if k not in known}
         return attrs.evolve(obj, extra=_ReadOnlyDict(extra)) if extra else obj
 
-    converter.register_structure_hook(cls, structure)
+    _converter.register_structure_hook(cls, structure)
 
 
 for _cls in (ListCompletionRow, StatusChangeAction, CustomApiCallee, *_MODELS.values()):
     _register(_cls)
 
 
-def decode_body(body: bytes | str | Mapping[str, object]) -> dict[str, object]:
+_ALL_BYTES = bytes(range(256))
+_NOT_BRACKETS = _ALL_BYTES.translate(None, b"[]{}")
+# An opening bracket counts 2 and a closing one 0, so the running sum minus the count of brackets seen
+# is the nesting depth: computed by itertools in C, not by a Python loop over the body.
+_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(digits)} characters is longer than {MAX_INT_DIGITS} digits")
+    return int(digits)
+
+
+def _nesting(brackets: bytes) -> int:
+    """Return the deepest nesting of a string made of brackets only."""
+    steps = brackets.translate(_STEPS)
+    return max(map(operator.sub, itertools.accumulate(steps), range(1, len(steps) + 1)), default=0)
+
+
+def _check_shape(text: bytes, limits: WebhookLimits) -> None:
+    """
+    Raise `DecodeError` when JSON *text* nests deeper than max_depth or holds more than max_items values.
+
+    Runs before decoding, in time linear in the body, with C loops only (count, replace, split,
+    translate), and never recurses: the stdlib json module would recurse once per level (and raises
+    RecursionError at an interpreter-dependent depth), and decoding a million tiny values costs seconds.
+    Values are counted as the containers plus the commas between values: at least the real count of
+    array entries and object members, and exact for bodies without empty containers.
+    """
+    opens = text.count(b"[") + text.count(b"{")
+    commas = text.count(b",")
+    # Counted with any bracket or comma inside strings, these are upper bounds: small bodies stop here.
+    if opens <= limits.max_depth and opens + commas <= limits.max_items:
+        return
+    # Drop escaped backslashes and then escaped quotes; what remains between quotes is string content.
+    unescaped = text.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in text else text
+    # Every string is a key or a value, and every key has a value: more strings than twice the allowed
+    # values is over the limit, and the split below stays small.
+    too_many = f"webhook body holds more than max_items={limits.max_items} JSON values"
+    if unescaped.count(b'"') // 2 > 2 * limits.max_items:
+        raise DecodeError(too_many, field_path=_BODY)
+    outside = b"".join(unescaped.split(b'"')[::2])
+    opens = outside.count(b"[") + outside.count(b"{")
+    if opens + outside.count(b",") > limits.max_items:
+        raise DecodeError(too_many, field_path=_BODY)
+    if opens > limits.max_depth and _nesting(outside.translate(None, _NOT_BRACKETS)) > limits.max_depth:
+        raise DecodeError(f"webhook body nests deeper than max_depth={limits.max_depth}", field_path=_BODY)
+
+
+def decode_body(
+    body: bytes | str | Mapping[str, object], limits: WebhookLimits = DEFAULT_WEBHOOK_LIMITS
+) -> dict[str, object]:
     """
     Decode a webhook body into a fresh dict, or raise `DecodeError` when it is not a JSON object.
+
+    JSON text is checked against *limits* (max_depth, max_items) before it is decoded; a mapping is
+    taken as it is (you decoded it).
     """
     if isinstance(body, Mapping):
         return dict(body)
-    if not isinstance(body, bytes | str):
+    if isinstance(body, str):
+        raw = body.encode("utf-8", "surrogatepass")
+    elif isinstance(body, bytes):
+        raw = body
+    else:
         raise TypeError(f"body must be bytes, str or a mapping, not {type(body).__name__}")
+    _check_shape(raw, limits)
     try:
-        # The stdlib, not orjson: webhooks are few, and orjson turns integers beyond 64 bits into
-        # floats, which would change an id silently.
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise DecodeError(f"webhook body is not JSON: {exc}", field_path=_BODY) from None
+        # UTF-8 only (RFC 8259 section 8.1; a BOM is ignored), so the shape check above, which reads
+        # ASCII bytes, sees the structure json.loads sees. The stdlib, not orjson: webhooks are few, and
+        # orjson turns integers beyond 64 bits into floats, which would change an id silently.
+        data = json.loads(body if isinstance(body, str) else body.decode("utf-8-sig"), parse_int=_parse_int)
+    except ValueError as exc:  # also UnicodeDecodeError, and integers beyond sys.get_int_max_str_digits()
+        raise DecodeError(bounded(f"webhook body is not JSON: {exc}"), field_path=_BODY) from None
     if not isinstance(data, dict):
         raise DecodeError(f"webhook body is a JSON {type(data).__name__}, not an object", field_path=_BODY)
     return data
@@ -405,28 +577,38 @@ def check_kind(kind: str | None) -> None:
 
 
 def parse_object(
-    data: Mapping[str, object], *, kind: str | None = None, headers: Mapping[str, str] | None = None
+    data: Mapping[str, object],
+    *,
+    kind: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    limits: WebhookLimits = DEFAULT_WEBHOOK_LIMITS,
 ) -> WebhookEvent:
     """
     Turn a decoded body into an event of *kind* (detected when None), or raise `DecodeError`.
+
+    A `rows` or `actions` list longer than *limits*.max_list_length does not fit; the first bad field
+    ends structuring, and the message is cut to `ERROR_TEXT_LIMIT` bytes.
     """
     raw = _ReadOnlyDict(dict(data))
     kind = detect_kind(raw) if kind is None else kind
     model = _MODELS.get(kind)
     if model is None:
         return GenericEvent(kind=kind, extra=raw, raw=raw)
+    for name in _LIST_FIELDS.get(model, ()):
+        value = raw.get(name)
+        if isinstance(value, list) and len(value) > limits.max_list_length:
+            raise DecodeError(
+                f"webhook body did not fit {model.__name__}: {len(value)} entries, more than "
+                f"max_list_length={limits.max_list_length} @ {_BODY}.{name}",
+                field_path=f"{_BODY}.{name}",
+            )
     try:
-        event = converter.structure(raw, model)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError, AttributeError) as exc:
-        if isinstance(exc, cattrs.BaseValidationError):
-            details = cattrs.transform_error(exc, path=_BODY, format_exception=_format)
-            field_path = details[0].rpartition(" @ ")[2] if details else _BODY
-            detail = "; ".join(details)
-        else:  # pragma: no cover - the hooks above wrap everything in a validation error
-            detail, field_path = f"{exc} @ {_BODY}", _BODY
-        raise DecodeError(
-            f"webhook body did not fit {model.__name__}: {detail}", field_path=field_path
-        ) from None
+        event = _converter.structure(raw, model)
+    except cattrs.BaseValidationError as exc:
+        details = cattrs.transform_error(exc, path=_BODY, format_exception=_format)
+        field_path = details[0].rpartition(" @ ")[2] if details else _BODY
+        message = bounded(f"webhook body did not fit {model.__name__}: {'; '.join(details)}")
+        raise DecodeError(message, field_path=bounded(field_path)) from None
     if isinstance(event, ChatbotSessionEndEvent):
         return attrs.evolve(event, raw=raw, signature=_header(headers, SIGNATURE_HEADER))
     return attrs.evolve(event, raw=raw)
@@ -437,29 +619,35 @@ def parse_webhook(
     *,
     kind: str | None = None,
     headers: Mapping[str, str] | None = None,
+    limits: WebhookLimits = DEFAULT_WEBHOOK_LIMITS,
 ) -> WebhookEvent:
     """
     Parse one webhook body (JSON text, or an already decoded object) into a typed event.
 
     *kind* is a `WebhookKind` value; without it the kind is recognised from the body's keys. Pass the
-    request *headers* to fill `ChatbotSessionEndEvent.signature` (which is not verified here).
+    request *headers* to fill `ChatbotSessionEndEvent.signature` (which is not verified here). JSON text
+    is held to *limits* (max_depth, max_items, max_list_length) as the receiver holds it.
 
     Raises:
-        DecodeError: the body is not a JSON object, or does not fit the model of its kind;
-            *field_path* names the field, e.g. `body.rows[0].nodetask_id`.
+        DecodeError: the body is not a JSON object, breaks a limit, or does not fit the model of its
+            kind; *field_path* names the field, e.g. `body.rows[0].nodetask_id`. Its message is at
+            most 1 KiB.
         ValueError: *kind* is not a `WebhookKind` value.
     """
     check_kind(kind)
-    return parse_object(decode_body(body), kind=kind, headers=headers)
+    return parse_object(decode_body(body, limits), kind=kind, headers=headers, limits=limits)
 
 
 def dedupe_key(kind: str, data: Mapping[str, object], body: bytes) -> bytes:
     """
     Digest a delivery by kind and canonical JSON (sorted keys), so a re-serialised retry still matches.
+
+    *data* comes from `decode_body()`, so its size and depth are bounded; data the encoder cannot
+    handle (nested too deep for the interpreter, say) is digested as the raw *body* instead.
     """
     try:
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    except RecursionError:  # pragma: no cover - defensive: json.dumps nests about as deep as json.loads
+    except (RecursionError, ValueError, TypeError):
         canonical = body
     digest = hashlib.blake2b(kind.encode(), digest_size=16)
     digest.update(b"\0")

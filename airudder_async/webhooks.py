@@ -22,15 +22,27 @@ supply your own check.
 | answer | when |
 |---|---|
 | 200 | accepted (or a duplicate, which is not delivered again) |
-| 400 | the body is not JSON, is not a JSON object, or could not be read |
+| 400 | the body is not JSON, is not a JSON object, breaks *max_depth* or *max_items*, or could not be read |
 | 401 | *verify_signature* did not return True |
+| 408 | the body did not arrive within *body_timeout* seconds of its headers |
 | 413 | the body is larger than *max_body_size* |
 | 415 | the content type is not `application/json` (a `charset` parameter is fine) |
 | 500 | *verify_signature* raised (logged) |
-| 503 | the handler is not running: not started, or shutting down |
+| 503 | busy: *max_pending* callbacks pending, or *max_large_bodies* large bodies in progress; or the handler is not running (not started, or shutting down) |
 
 A JSON object that does not fit the model of its kind is not refused (AIRUDDER's retries could not
 fix it): it is delivered as a `GenericEvent` whose *decode_error* says why, with a WARNING log line.
+
+Every bound is a field of `WebhookLimits` (pass `limits=`), so one body costs bounded time and memory
+and a flood gets 503s instead of piling up: see its docstring for the defaults. Every refusal is a
+WARNING log line, and no error text (log, answer, *decode_error*) exceeds 1 KiB.
+
+**Set a header timeout on your server.** The handler only runs once the request headers are complete,
+so it cannot time out a client that sends them slowly. aiohttp closes such a connection after its
+`keepalive_timeout` (in versions with aio-libs/aiohttp#13681, such as 3.14.5; 3630 seconds by default
+in `web.AppRunner`, 75 in `web.run_app`): pass a short one, `web.run_app(app, keepalive_timeout=15)` or
+`web.AppRunner(app, keepalive_timeout=15)`. Older aiohttp versions time out only idle keep-alive
+connections: put a proxy with a header timeout (nginx `client_header_timeout`) in front.
 """
 
 from __future__ import annotations
@@ -45,9 +57,12 @@ from typing import Final
 import anyio
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from anyio import CancelScope
 from anyio.abc import TaskGroup
 
 from ._webhook_models import (
+    DEFAULT_WEBHOOK_LIMITS,
+    LARGE_BODY_SIZE,
     SIGNATURE_HEADER,
     ChatbotSessionEndEvent,
     CustomApiCallee,
@@ -59,6 +74,8 @@ from ._webhook_models import (
     StatusChangeEvent,
     WebhookEvent,
     WebhookKind,
+    WebhookLimits,
+    bounded,
     check_kind,
     decode_body,
     dedupe_key,
@@ -69,6 +86,7 @@ from ._webhook_models import (
 from .errors import DecodeError
 
 __all__ = [
+    "DEFAULT_WEBHOOK_LIMITS",
     "SIGNATURE_HEADER",
     "ChatbotSessionEndEvent",
     "CustomApiCallee",
@@ -81,6 +99,7 @@ __all__ = [
     "WebhookEvent",
     "WebhookHandler",
     "WebhookKind",
+    "WebhookLimits",
     "parse_webhook",
     "webhook_app",
     "webhook_handler",
@@ -89,15 +108,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DEFAULT_WEBHOOK_PATH: Final = "/airudder/webhook"
-_DEFAULT_MAX_BODY_SIZE: Final = 1_048_576  # bytes
-_DEFAULT_DEDUPE_SIZE: Final = 10_000  # bodies remembered
-# AIRUDDER's retries span about 5 minutes (once a minute, 5 tries); remember a body twice as long.
-_DEFAULT_DEDUPE_TTL: Final = 600.0  # seconds
-_DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0  # seconds
-
 _CHUNK = 65_536
 
 _Callback = Callable[[WebhookEvent], Awaitable[None]]
+_Received = tuple[WebhookEvent, dict[str, object], bytes]  # the event, its decoded body, its bytes
 _SignatureCheck = Callable[[Mapping[str, str], bytes], bool | Awaitable[bool]]
 
 
@@ -113,18 +127,19 @@ class _Dedupe:
         return len(self._expiry)
 
     def seen(self, key: bytes, now: float) -> bool:
-        """Tell whether *key* was recorded less than ttl ago; record it when it was not."""
-        if self._size == 0:
-            return False
+        """Tell whether *key* was recorded less than ttl ago."""
         # Insertion order is expiry order: the TTL is fixed and *now* only grows.
         while self._expiry and next(iter(self._expiry.values())) <= now:
             self._expiry.popitem(last=False)
-        if key in self._expiry:
-            return True
+        return key in self._expiry
+
+    def add(self, key: bytes, now: float) -> None:
+        """Record *key* until ttl from *now*, forgetting the oldest key when full."""
+        if self._size == 0:
+            return
         self._expiry[key] = now + self._ttl
         if len(self._expiry) > self._size:
             self._expiry.popitem(last=False)
-        return False
 
 
 async def _read_at_most(request: web.Request, limit: int) -> bytes | None:
@@ -158,35 +173,28 @@ class WebhookHandler:
         *,
         kind: str | None = None,
         verify_signature: _SignatureCheck | None = None,
-        max_body_size: int = _DEFAULT_MAX_BODY_SIZE,
-        dedupe_size: int = _DEFAULT_DEDUPE_SIZE,
-        dedupe_ttl: float = _DEFAULT_DEDUPE_TTL,
-        shutdown_timeout: float = _DEFAULT_SHUTDOWN_TIMEOUT,
+        limits: WebhookLimits = DEFAULT_WEBHOOK_LIMITS,
     ) -> None:
         check_kind(kind)
-        if max_body_size < 1:
-            raise ValueError(f"max_body_size must be at least 1 byte, got {max_body_size}")
-        if dedupe_size < 0:
-            raise ValueError(f"dedupe_size must be 0 (off) or more, got {dedupe_size}")
-        if not dedupe_ttl > 0:
-            raise ValueError(f"dedupe_ttl must be a positive number of seconds, got {dedupe_ttl}")
-        if not shutdown_timeout >= 0:
-            raise ValueError(f"shutdown_timeout must be 0 or more seconds, got {shutdown_timeout}")
+        if not isinstance(limits, WebhookLimits):
+            raise TypeError(f"limits must be a WebhookLimits, not {type(limits).__name__}")
         self._callback = callback
         self._kind = kind
         self._verify = verify_signature
-        self._max_body_size = max_body_size
-        self._shutdown_timeout = shutdown_timeout
-        self._dedupe = _Dedupe(dedupe_size, dedupe_ttl)
+        self._limits = limits
+        self._dedupe = _Dedupe(limits.dedupe_size, limits.dedupe_ttl)
         self._tg: TaskGroup | None = None
+        self._scope: CancelScope | None = None
         self._stop: anyio.Event | None = None
         self._has_run = False
+        self._pending = 0  # callbacks scheduled and not finished
+        self._large = 0  # large bodies between their first byte read and the end of their callback
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         """
         Run the callbacks' task group while *app* runs; at shutdown wait for pending callbacks.
 
-        Callbacks still running *shutdown_timeout* seconds after shutdown begins are cancelled.
+        Callbacks still running `limits.shutdown_timeout` seconds after shutdown begins are cancelled.
         Register it once: `app.cleanup_ctx.append(handler.lifespan)`.
         """
         if self._stop is not None:
@@ -209,40 +217,67 @@ class WebhookHandler:
     async def _own(self, started: anyio.Event, stop: anyio.Event) -> None:
         try:
             async with anyio.create_task_group() as tg:
-                self._tg = tg
+                self._tg, self._scope = tg, tg.cancel_scope
                 self._has_run = True
                 started.set()
                 await stop.wait()
                 self._tg = None  # from now on new deliveries get a 503, so AIRUDDER retries them later
-                tg.cancel_scope.deadline = anyio.current_time() + self._shutdown_timeout
+                tg.cancel_scope.deadline = anyio.current_time() + self._limits.shutdown_timeout
         finally:
             self._tg = None
             started.set()
 
-    async def _deliver(self, event: WebhookEvent) -> None:
+    def _cancelled_by_us(self) -> bool:
+        # The shutdown deadline cancels the task group's scope, which cancels each callback's task. A
+        # CancelledError raised by the callback's own code (it awaited a task it cancelled) does neither.
+        task = asyncio.current_task()
+        scope_cancelled = self._scope is not None and self._scope.cancel_called
+        return scope_cancelled or (task is not None and task.cancelling() > 0)
+
+    async def _deliver(self, event: WebhookEvent, large: bool) -> None:
         try:
             await self._callback(event)
         except anyio.get_cancelled_exc_class():
-            logger.warning("webhook callback for a %s event cancelled at shutdown", event.kind)
-            raise
+            if self._cancelled_by_us():
+                logger.warning("webhook callback for a %s event cancelled at shutdown", event.kind)
+                raise
+            # Not re-raised: in a task group it would cancel every other callback and stop the receiver.
+            logger.exception(
+                "webhook callback raised CancelledError on a %s event (already answered 200); "
+                "treated as a callback failure, the receiver keeps serving",
+                event.kind,
+            )
         except Exception:
             logger.exception("webhook callback raised on a %s event (already answered 200)", event.kind)
+        finally:
+            self._pending -= 1
+            self._large -= large
 
     def _task_group(self) -> TaskGroup | None:
         # A method, not the attribute, so that the check after an await is not narrowed away.
         return self._tg
 
     def _reject(self, request: web.Request, status: int, message: str) -> web.Response:
+        message = bounded(message)
         logger.warning("webhook from %s refused with %d: %s", request.remote, status, message)
         response = _answer(status, message)
-        if status == 413:
+        if not request.content.is_eof():
             response.force_close()  # the unread rest of the body makes the connection unusable
         return response
+
+    def _busy(self, request: web.Request) -> web.Response | None:
+        limits = self._limits
+        if self._pending >= limits.max_pending:
+            return self._reject(
+                request, 503, f"{self._pending} callbacks pending, at max_pending={limits.max_pending}"
+            )
+        return None
 
     async def handle(self, request: web.Request) -> web.Response:
         """
         Answer one webhook request, and schedule your callback when the body is new.
         """
+        limits = self._limits
         if self._task_group() is None:
             if not self._has_run:
                 logger.error("webhook handler not started: add handler.lifespan to app.cleanup_ctx")
@@ -250,14 +285,58 @@ class WebhookHandler:
         if request.content_type != "application/json":
             return self._reject(request, 415, f"expected application/json, got {request.content_type}")
         declared = request.content_length
-        if declared is not None and declared > self._max_body_size:
-            return self._reject(request, 413, f"body of {declared} bytes exceeds {self._max_body_size}")
+        if declared is not None and declared > limits.max_body_size:
+            return self._reject(request, 413, f"body of {declared} bytes exceeds {limits.max_body_size}")
+        if busy := self._busy(request):  # refused before reading, so a flood costs little
+            return busy
+        large = declared is None or declared > LARGE_BODY_SIZE
+        if large:
+            if self._large >= limits.max_large_bodies:
+                return self._reject(
+                    request,
+                    503,
+                    f"{self._large} large bodies in progress, at max_large_bodies={limits.max_large_bodies}",
+                )
+            self._large += 1
+        scheduled = False
         try:
-            body = await _read_at_most(request, self._max_body_size)
-        except (OSError, HttpProcessingError) as exc:
-            return self._reject(request, 400, f"body could not be read: {exc!r}")
+            received = await self._receive(request)
+            if isinstance(received, web.Response):
+                return received
+            event, data, body = received
+            # No await from here on: checking, recording and scheduling happen as one step, so a retry
+            # racing the original is either the duplicate or the delivery, never both.
+            tg = self._task_group()
+            if tg is None:  # shutdown began while the body was read
+                return self._reject(request, 503, "receiver is shutting down")
+            key, now = dedupe_key(event.kind, data, body), anyio.current_time()
+            if self._dedupe.seen(key, now):
+                logger.info("duplicate %s webhook from %s not delivered again", event.kind, request.remote)
+                return _answer(200, "duplicate")
+            if busy := self._busy(request):  # the callbacks filled up while this body was read
+                return busy
+            self._dedupe.add(key, now)
+            self._pending += 1
+            tg.start_soon(self._deliver, event, large)
+            scheduled = True
+            return _answer(200, "accepted")
+        finally:
+            if large and not scheduled:
+                self._large -= 1
+
+    async def _receive(self, request: web.Request) -> web.Response | _Received:
+        """Read, check and parse the body: the event with its decoded body and bytes, or a refusal."""
+        limits = self._limits
+        body: bytes | None = None
+        with anyio.move_on_after(limits.body_timeout) as deadline:
+            try:
+                body = await _read_at_most(request, limits.max_body_size)
+            except (OSError, HttpProcessingError) as exc:
+                return self._reject(request, 400, f"body could not be read: {exc!r}")
+        if deadline.cancelled_caught:
+            return self._reject(request, 408, f"body not received within {limits.body_timeout} seconds")
         if body is None:
-            return self._reject(request, 413, f"body exceeds {self._max_body_size} bytes")
+            return self._reject(request, 413, f"body exceeds {limits.max_body_size} bytes")
         if self._verify is not None:
             try:
                 verdict = self._verify(request.headers, body)
@@ -269,25 +348,14 @@ class WebhookHandler:
             if verdict is not True:
                 return self._reject(request, 401, "signature check refused the request")
         try:
-            data = decode_body(body)
+            data = decode_body(body, limits)
         except DecodeError as exc:
             return self._reject(request, 400, exc.message)
-        event = self._parse(request, data)
-        key = dedupe_key(event.kind, data, body)
-        tg = self._task_group()
-        if tg is None:  # shutdown began while the body was read
-            return self._reject(request, 503, "receiver is shutting down")
-        # No await from here on: checking, recording and scheduling happen as one step, so a retry
-        # racing the original is either the duplicate or the delivery, never both.
-        if self._dedupe.seen(key, anyio.current_time()):
-            logger.info("duplicate %s webhook from %s not delivered again", event.kind, request.remote)
-            return _answer(200, "duplicate")
-        tg.start_soon(self._deliver, event)
-        return _answer(200, "accepted")
+        return self._parse(request, data), data, body
 
     def _parse(self, request: web.Request, data: dict[str, object]) -> WebhookEvent:
         try:
-            return parse_object(data, kind=self._kind, headers=request.headers)
+            return parse_object(data, kind=self._kind, headers=request.headers, limits=self._limits)
         except DecodeError as exc:
             kind = self._kind or detect_kind(data)
             logger.warning(
@@ -304,10 +372,7 @@ def webhook_handler(
     *,
     kind: str | None = None,
     verify_signature: _SignatureCheck | None = None,
-    max_body_size: int = _DEFAULT_MAX_BODY_SIZE,
-    dedupe_size: int = _DEFAULT_DEDUPE_SIZE,
-    dedupe_ttl: float = _DEFAULT_DEDUPE_TTL,
-    shutdown_timeout: float = _DEFAULT_SHUTDOWN_TIMEOUT,
+    limits: WebhookLimits = DEFAULT_WEBHOOK_LIMITS,
 ) -> WebhookHandler:
     """
     Build a webhook handler for a route of your own app; `webhook_app()` is the shortcut.
@@ -317,25 +382,15 @@ def webhook_handler(
     yourself; anything but True answers 401.
 
     *callback* is awaited once per new event, after the answer. *kind* (a `WebhookKind` value) skips
-    the guess from the body's keys: give each notification its own URL and pass it. Bodies above
-    *max_body_size* bytes are refused. The last *dedupe_size* bodies (0 turns it off) are remembered
-    for *dedupe_ttl* seconds (`math.inf`: until evicted). At shutdown pending callbacks get
-    *shutdown_timeout* seconds before they are cancelled.
+    the guess from the body's keys: give each notification its own URL and pass it. *limits* holds every
+    bound: body size and read time, JSON shape, pending callbacks, de-duplication, shutdown.
 
     Example:
-        hooks = webhook_handler(on_event)
+        hooks = webhook_handler(on_event, limits=attrs.evolve(DEFAULT_WEBHOOK_LIMITS, max_pending=500))
         app.router.add_post("/airudder", hooks.handle)
         app.cleanup_ctx.append(hooks.lifespan)
     """
-    return WebhookHandler(
-        callback,
-        kind=kind,
-        verify_signature=verify_signature,
-        max_body_size=max_body_size,
-        dedupe_size=dedupe_size,
-        dedupe_ttl=dedupe_ttl,
-        shutdown_timeout=shutdown_timeout,
-    )
+    return WebhookHandler(callback, kind=kind, verify_signature=verify_signature, limits=limits)
 
 
 def webhook_app(
@@ -344,29 +399,18 @@ def webhook_app(
     path: str = _DEFAULT_WEBHOOK_PATH,
     kind: str | None = None,
     verify_signature: _SignatureCheck | None = None,
-    max_body_size: int = _DEFAULT_MAX_BODY_SIZE,
-    dedupe_size: int = _DEFAULT_DEDUPE_SIZE,
-    dedupe_ttl: float = _DEFAULT_DEDUPE_TTL,
-    shutdown_timeout: float = _DEFAULT_SHUTDOWN_TIMEOUT,
+    limits: WebhookLimits = DEFAULT_WEBHOOK_LIMITS,
 ) -> web.Application:
     """
     Build an aiohttp app that receives webhooks on POST *path*; mount it with `add_subapp()` or run it.
 
     **No signature is checked by default**: see `webhook_handler()` for *verify_signature* and the
-    other arguments.
+    other arguments. Also set a header timeout on your server (see this module's docstring).
 
     Example:
         app.add_subapp("/hooks", webhook_app(on_event))  # POST /hooks/airudder/webhook
     """
-    handler = webhook_handler(
-        callback,
-        kind=kind,
-        verify_signature=verify_signature,
-        max_body_size=max_body_size,
-        dedupe_size=dedupe_size,
-        dedupe_ttl=dedupe_ttl,
-        shutdown_timeout=shutdown_timeout,
-    )
+    handler = webhook_handler(callback, kind=kind, verify_signature=verify_signature, limits=limits)
     app = web.Application()
     app.router.add_post(path, handler.handle)
     app.cleanup_ctx.append(handler.lifespan)

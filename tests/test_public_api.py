@@ -66,6 +66,7 @@ PUBLIC = {
         "make_workflows",
     ],
     "airudder_async.webhooks": [
+        "DEFAULT_WEBHOOK_LIMITS",
         "ChatbotSessionEndEvent",
         "CustomApiCallee",
         "CustomApiPushEvent",
@@ -78,6 +79,7 @@ PUBLIC = {
         "WebhookEvent",
         "WebhookHandler",
         "WebhookKind",
+        "WebhookLimits",
         "parse_webhook",
         "webhook_app",
         "webhook_handler",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from airudder_async._webhook_models import detect_kind
 from airudder_async.errors import AirudderError, DecodeError
 from airudder_async.webhooks import (
+    DEFAULT_WEBHOOK_LIMITS,
     SIGNATURE_HEADER,
     ChatbotSessionEndEvent,
     CustomApiCallee,
@@ -34,6 +36,7 @@ from airudder_async.webhooks import (
     StatusChangeEvent,
     WebhookEvent,
     WebhookKind,
+    WebhookLimits,
     _Dedupe,
     parse_webhook,
     webhook_app,
@@ -446,20 +449,28 @@ def test_parse_raises_only_decode_error(body: dict[str, Any], kind: str | None) 
 # ---------------------------------------------------------------- de-duplication memory
 
 
+def _seen_or_add(memory: _Dedupe, key: bytes, now: float) -> bool:
+    """Tell whether *key* was seen, recording it when it was not (what the receiver does)."""
+    if memory.seen(key, now):
+        return True
+    memory.add(key, now)
+    return False
+
+
 def test_dedupe_memory_is_bounded_by_size_and_time() -> None:
     """The dedupe memory forgets the oldest key past its size, and every key after its TTL."""
     memory = _Dedupe(size=2, ttl=10.0)
-    assert [memory.seen(k, 0.0) for k in (b"a", b"b", b"a")] == [False, False, True]
-    assert memory.seen(b"c", 1.0) is False  # evicts a
+    assert [_seen_or_add(memory, k, 0.0) for k in (b"a", b"b", b"a")] == [False, False, True]
+    assert _seen_or_add(memory, b"c", 1.0) is False  # evicts a
     assert len(memory) == 2
-    assert memory.seen(b"a", 1.0) is False  # forgotten, so new again (evicts b)
-    assert memory.seen(b"c", 1.0) is True
+    assert _seen_or_add(memory, b"a", 1.0) is False  # forgotten, so new again (evicts b)
+    assert _seen_or_add(memory, b"c", 1.0) is True
     memory = _Dedupe(size=5, ttl=10.0)
-    memory.seen(b"x", 0.0)
+    memory.add(b"x", 0.0)
     assert memory.seen(b"x", 9.9) is True
     assert memory.seen(b"x", 10.0) is False  # expired exactly at the TTL
     off = _Dedupe(size=0, ttl=10.0)
-    assert [off.seen(b"x", 0.0), off.seen(b"x", 0.0), len(off)] == [False, False, 0]
+    assert [_seen_or_add(off, b"x", 0.0), _seen_or_add(off, b"x", 0.0), len(off)] == [False, False, 0]
 
 
 # ---------------------------------------------------------------- the receiver over HTTP
@@ -509,7 +520,7 @@ async def test_dedupe_size_evicts_oldest_over_http() -> None:
     """With room for two bodies, a third evicts the first, which is then delivered again."""
     inbox = Inbox()
     bodies = [with_extra(LIST_COMPLETION, case_id=f"case-{i}") for i in range(3)]
-    async with serve(webhook_app(inbox, dedupe_size=2)) as base, aiohttp.ClientSession() as session:
+    async with serve(webhook_app(inbox, limits=WebhookLimits(dedupe_size=2))) as base, aiohttp.ClientSession() as session:
         for body in [*bodies, bodies[0], bodies[0], bodies[2]]:
             assert (await post(session, base + PATH, body))[0] == 200
     assert [e.case_id for e in inbox.events if isinstance(e, ListCompletionEvent)] == [
@@ -523,7 +534,7 @@ async def test_dedupe_size_evicts_oldest_over_http() -> None:
 async def test_dedupe_can_be_turned_off() -> None:
     """With dedupe_size=0 every delivery reaches the callback."""
     inbox = Inbox()
-    async with serve(webhook_app(inbox, dedupe_size=0)) as base, aiohttp.ClientSession() as session:
+    async with serve(webhook_app(inbox, limits=WebhookLimits(dedupe_size=0))) as base, aiohttp.ClientSession() as session:
         for _ in range(2):
             await post(session, base + PATH, STATUS_CHANGE)
     assert len(inbox.events) == 2
@@ -592,7 +603,7 @@ async def test_small_max_body_size_is_enforced() -> None:
     """A body one byte over max_body_size is refused with 413; one at the limit is accepted."""
     inbox = Inbox()
     body = json.dumps(STATUS_CHANGE).encode()
-    app = webhook_app(inbox, max_body_size=len(body))
+    app = webhook_app(inbox, limits=WebhookLimits(max_body_size=len(body)))
     async with serve(app, lingering_time=0) as base, aiohttp.ClientSession() as session:
         assert (await post(session, base + PATH, body + b" "))[0] == 413
         assert (await post(session, base + PATH, body))[0] == 200
@@ -746,7 +757,7 @@ async def test_shutdown_timeout_cancels_stuck_callbacks(caplog: pytest.LogCaptur
         await anyio.Event().wait()
 
     with anyio.fail_after(5):
-        async with serve(webhook_app(stuck, shutdown_timeout=0)) as base, aiohttp.ClientSession() as session:
+        async with serve(webhook_app(stuck, limits=WebhookLimits(shutdown_timeout=0))) as base, aiohttp.ClientSession() as session:
             await post(session, base + PATH, STATUS_CHANGE)
             await started.wait()
     assert any("cancelled at shutdown" in r.getMessage() for r in caplog.records if r.name == LOGGER)
@@ -847,16 +858,53 @@ def test_huge_integer_for_a_string_field_is_a_decode_error() -> None:
     "kwargs",
     [
         {"max_body_size": 0},
+        {"max_body_size": 1.5},
+        {"max_body_size": True},
+        {"body_timeout": 0},
+        {"body_timeout": "1"},
+        {"max_depth": 0},
+        {"max_depth": 257},
+        {"max_items": 0},
+        {"max_list_length": -1},
+        {"max_pending": 0},
+        {"max_large_bodies": -1},
         {"dedupe_size": -1},
         {"dedupe_ttl": 0},
         {"dedupe_ttl": float("nan")},
         {"shutdown_timeout": -1},
     ],
 )
-def test_invalid_settings_are_value_errors(kwargs: dict[str, Any]) -> None:
-    """Impossible settings are refused when the app is built."""
+def test_invalid_limits_are_value_errors(kwargs: dict[str, Any]) -> None:
+    """Impossible limits are refused when the WebhookLimits is built, naming the field."""
     with pytest.raises(ValueError, match=next(iter(kwargs))):
-        webhook_app(Inbox(), **kwargs)
+        WebhookLimits(**kwargs)
+
+
+def test_limits_defaults_and_edges() -> None:
+    """The documented defaults hold, and the edges of each range are accepted."""
+    assert DEFAULT_WEBHOOK_LIMITS == WebhookLimits()
+    assert attrs.asdict(DEFAULT_WEBHOOK_LIMITS) == {
+        "max_body_size": 1_048_576,
+        "body_timeout": 10.0,
+        "max_depth": 64,
+        "max_items": 10_000,
+        "max_list_length": 1_000,
+        "max_pending": 100,
+        "max_large_bodies": 4,
+        "dedupe_size": 10_000,
+        "dedupe_ttl": 600.0,
+        "shutdown_timeout": 30.0,
+    }
+    edges = WebhookLimits(
+        max_depth=256, max_list_length=0, max_large_bodies=0, dedupe_ttl=math.inf, shutdown_timeout=0
+    )
+    assert (edges.max_depth, edges.dedupe_ttl) == (256, math.inf)
+
+
+def test_limits_of_another_type_are_a_type_error() -> None:
+    """Passing anything but a WebhookLimits as limits is a programmer mistake."""
+    with pytest.raises(TypeError, match="WebhookLimits"):
+        webhook_app(Inbox(), limits={"max_pending": 5})  # type: ignore[arg-type]  # the mistake under test
 
 
 def _typed(callback: Callable[[WebhookEvent], Awaitable[None]]) -> None:
