@@ -63,9 +63,10 @@ def _open_connections(client: object) -> int:
 @pytest.mark.anyio
 async def test_break_with_prefetch_leaves_nothing_behind() -> None:
     """`break` after the first item with prefetch 8 leaves no pending task or busy connection."""
-    async with FakeAirudder(workflows=5000, latency=0.05) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=5000) as fake, fake.client() as client:
+        gate = fake.gate(INSTANCELIST_PATH, after=1)  # page 1 is answered, the prefetched pages wait
         async for _wf in client.iter_workflows(page_size=100, prefetch=8):
-            await anyio.sleep(0.01)  # let the prefetch requests go out
+            await gate.wait_held(8)  # the prefetch requests are out, and unanswered
             break
         gc.collect()
         for _ in range(5):
@@ -73,44 +74,56 @@ async def test_break_with_prefetch_leaves_nothing_behind() -> None:
         assert _client_tasks() == []
         assert _open_connections(client) == 0
         sent = client.stats.requests
-        await anyio.sleep(0.1)
-        assert client.stats.requests == sent
-    assert fake.hits(*LIST) <= 9
+    assert client.stats.requests == sent == 1 + 9  # auth and 9 pages; nothing went out after the break
+    assert fake.hits(*LIST) == 9
 
 
 @pytest.mark.anyio
 async def test_aclose_stops_in_flight_requests() -> None:
     """aclose() cancels prefetch requests and waits until they are gone."""
-    async with FakeAirudder(workflows=5000, latency=0.05) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=5000) as fake, fake.client() as client:
+        gate = fake.gate(INSTANCELIST_PATH, after=1)
         walk = client.iter_workflows(page_size=100, prefetch=8)
         async with aclosing(walk):
             await walk.__anext__()
-            await anyio.sleep(0.01)
-            assert len(_client_tasks()) > 0
+            await gate.wait_held(8)  # pages 2-9 are in flight
+            assert len(_client_tasks()) == 8
         assert _client_tasks() == []
         assert _open_connections(client) == 0
         assert walk.is_finished
+        assert walk.extra_requests == 8
+        assert gate.held == 8  # aclose() did not wait for the answers: the server still holds them
         assert [w async for w in walk] == []
         await walk.aclose()  # idempotent
-        assert fake.in_flight >= 0
+        assert walk.extra_requests == 8
 
 
 @pytest.mark.anyio
 async def test_consumer_exception_and_cancellation_stop_the_walk() -> None:
     """An exception in the consumer or a cancelled consumer leaves no prefetch task behind."""
-    async with FakeAirudder(workflows=3000, latency=0.05) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=3000) as fake, fake.client() as client:
         with pytest.raises(KeyError):
             async with client.iter_workflows(page_size=100) as walk:
                 async for _ in walk:
                     raise KeyError("consumer bug")
         assert _client_tasks() == []
-        with anyio.move_on_after(0.08):
+        gate = fake.gate(INSTANCELIST_PATH, after=1)  # page 1 is answered, pages 2-9 are held
+        end_of_page_1 = anyio.Event()
+
+        async def consume() -> None:
             async with client.iter_workflows(page_size=100) as walk:
                 async for _ in walk:
-                    await anyio.sleep(0.01)
+                    if walk.page_remaining == 0:
+                        end_of_page_1.set()  # the next step waits for page 2, held at the gate
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await end_of_page_1.wait()
+            await gate.wait_held(8)
+            tg.cancel_scope.cancel()
         assert _client_tasks() == []
         assert _open_connections(client) == 0
-        assert fake.hits(*LIST) < 30
+        assert gate.held == 8  # the requests stopped on our side; the server never answered them
 
 
 @pytest.mark.anyio
@@ -122,11 +135,12 @@ async def test_prefetch_window_is_bounded() -> None:
         async for _ in walk:
             seen += 1
             if seen % 100 == 1:
-                await anyio.sleep(0.01)
                 page_being_read = (seen - 1) // 100 + 1
-                assert fake.hits(*LIST) <= page_being_read + 4
+                await fake.wait_for_hits(*LIST, min(page_being_read + 4, 40))  # the window fills up...
+                assert fake.hits(*LIST) <= page_being_read + 4  # ...and no further
                 assert len(walk._slots) <= 4
     assert seen == 4000
+    assert fake.hits(*LIST) == 40
 
 
 @pytest.mark.anyio
@@ -265,14 +279,23 @@ async def test_server_ignoring_page_does_not_loop_forever(caplog: pytest.LogCapt
 @pytest.mark.anyio
 async def test_cancelled_consumer_stops_the_awaited_request() -> None:
     """Cancelling a consumer waiting for a prefetched page cancels that page's request too."""
-    async with FakeAirudder(workflows=3000, latency=0.3) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=3000) as fake, fake.client() as client:
+        gate = fake.gate(INSTANCELIST_PATH, after=1)
         walk = client.iter_workflows(page_size=100, prefetch=4)
         await walk.__anext__()  # page 1 arrives; pages 2-5 are requested
+        await gate.wait_held(4)  # ...and held by the server
         walk._index = walk._limit  # skip the rest of page 1: the next item needs page 2
-        with anyio.move_on_after(0.05):
-            await walk.__anext__()
+        page_2 = walk._slots[0]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(walk.__anext__)
+            with anyio.fail_after(5):
+                while not page_2.done.statistics().tasks_waiting:  # the consumer waits for page 2
+                    await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
         await anyio.lowlevel.checkpoint()
         assert _client_tasks() == []
+        assert _open_connections(client) == 0
+        assert walk.extra_requests == 3  # pages 3-5; page 2 was the awaited one, cancelled with it
+        assert walk.is_finished
         responses = client.stats.responses
-        await anyio.sleep(0.4)
-        assert client.stats.responses == responses  # no request finished after the cancellation
+    assert client.stats.responses == responses == 2  # auth and page 1: nothing answered the others
