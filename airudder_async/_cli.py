@@ -6,6 +6,12 @@ their own event loop. An export is made restartable by a checkpoint written afte
 is written, flushed and fsynced to the output first, then the checkpoint (walk cursor + output byte
 offset) replaces the old one atomically. A resumed export truncates the output to that offset, so a
 page half-written when the process died is dropped and fetched again.
+
+Hostile input: text from the server or from file names reaches stderr only through `printable()`
+(control characters become visible escapes), a lone surrogate in a workflow is written as a JSON escape
+(CSV: `backslashreplace`), the checkpoint's temp file is created exclusively (never through a planted
+symlink), the checkpoint may not be the output, and an advisory lock on the output (on a lock file
+beside the checkpoint when writing to stdout) makes a second export of the same file fail at once.
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ import errno
 import io
 import json
 import os
+import re
 import shlex
 import shutil
+import stat
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import BinaryIO, TextIO
 
 import anyio
@@ -35,11 +45,18 @@ from ._pagination import WorkflowIterator
 from .errors import AirudderError
 from .models import Cursor, Workflow, _iso
 
+fcntl: ModuleType | None
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX (Windows): exports run unlocked, with a note
+    fcntl = None
+
 __all__ = [
     "CSV_FIELDS",
     "PROG",
     "aware_time",
     "int_between",
+    "printable",
     "program",
     "run",
 ]
@@ -56,6 +73,13 @@ CSV_FIELDS = (
     "create_time",
 )
 _CHECKPOINT_VERSION = 1
+_CHECKPOINT_MAX_BYTES = 1 << 20  # a real checkpoint is well under 1 KiB
+_MESSAGE_LIMIT = 1000  # characters of an error message shown (a server may send megabytes)
+# C0 (newline and tab included: every message is one line), DEL, C1, and lone surrogates.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_UNLOCKED_NOTE = (
+    "note: no file locking on this platform (no fcntl): make sure no other export writes this file"
+)
 _MISSING_CREDENTIALS = (
     "error: no credentials: set AIRUDDER_APP_KEY and AIRUDDER_APP_SECRET in the environment "
     "(AIRUDDER_BASE_URL is optional), or pass --sandbox to try the built-in fake server"
@@ -79,6 +103,10 @@ def aware_time(text: str) -> datetime:
         ) from None
     if value.utcoffset() is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: add Z or an offset like +07:00")
+    try:
+        value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        raise argparse.ArgumentTypeError(f"{text!r} is outside the range of UTC times") from None
     return value
 
 
@@ -110,6 +138,29 @@ def program() -> list[str]:
     return [arg0 or PROG]
 
 
+def printable(text: str, *, limit: int | None = None) -> str:
+    """
+    Return *text* safe to print on a terminal: C0 and C1 controls, DEL and lone surrogates become
+    Python-style escapes (ESC prints as the four characters \\x1b); more than *limit* characters are cut.
+    """
+    more = 0
+    if limit is not None and len(text) > limit:
+        text, more = text[:limit], len(text) - limit
+    shown = _UNPRINTABLE.sub(lambda match: repr(match.group())[1:-1], text)
+    return f"{shown}... ({more:,} more characters)" if more else shown
+
+
+def _say(stderr: TextIO, *lines: str) -> None:
+    # Every line for stderr goes through here, so no server text or file name can drive the terminal.
+    for line in lines:
+        stderr.write(printable(line) + "\n")
+    stderr.flush()
+
+
+def _fail(stderr: TextIO, exc: BaseException) -> None:
+    _say(stderr, "error: " + printable(str(exc), limit=_MESSAGE_LIMIT))
+
+
 # -- output -------------------------------------------------------------------------------------------
 
 
@@ -120,13 +171,31 @@ def _utc(value: datetime | None) -> str:
 
 
 def encode_jsonl(items: Sequence[Workflow]) -> bytes:
-    """Return *items* as JSON lines, one `Workflow.to_dict()` each."""
+    """
+    Return *items* as JSON lines, one `Workflow.to_dict()` each; a line holding a lone surrogate is
+    written with ASCII escapes (`"\\ud800"`), valid JSON that reads back to the same string.
+    """
     dumps = _json.dumps
-    return b"".join([dumps(wf.to_dict()) + b"\n" for wf in items])
+    try:
+        return b"".join([dumps(wf.to_dict()) + b"\n" for wf in items])
+    except (TypeError, ValueError):  # orjson refuses lone surrogates; the stdlib cannot make them UTF-8
+        return b"".join([_json_line(wf.to_dict()) for wf in items])
+
+
+def _json_line(data: dict[str, object]) -> bytes:
+    try:
+        return _json.dumps(data) + b"\n"
+    except (TypeError, ValueError):
+        return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
 
 def encode_csv(items: Sequence[Workflow], *, header: bool = False) -> bytes:
-    """Return *items* as CSV rows (wire field order, UTC times with Z, empty cells for null)."""
+    """
+    Return *items* as CSV rows (wire field order, UTC times with Z, empty cells for null).
+
+    A lone surrogate is written as the text `\\ud800` (`backslashreplace`), and a time that has no
+    UTC equivalent (year 1 or 9999 near the edge) as sent, with its offset.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf)
     if header:
@@ -137,16 +206,24 @@ def encode_csv(items: Sequence[Workflow], *, header: bool = False) -> bytes:
                 wf.workflow_id,
                 wf.name,
                 wf.template_name,
-                _utc(wf.start_time),
-                _utc(wf.end_time),
+                _time_cell(wf.start_time),
+                _time_cell(wf.end_time),
                 wf.total,
                 wf.status,
-                _utc(wf.create_time),
+                _time_cell(wf.create_time),
             )
             for wf in items
         ]
     )
-    return buf.getvalue().encode()
+    return buf.getvalue().encode("utf-8", "backslashreplace")
+
+
+def _time_cell(value: datetime | None) -> str:
+    try:
+        return _utc(value)
+    except OverflowError:  # no UTC equivalent: the time as sent
+        assert value is not None  # only a time can overflow
+        return value.isoformat()
 
 
 def _fsync_if_possible(stream: BinaryIO) -> None:
@@ -204,7 +281,9 @@ class Progress:
         if not final and now - self._last < self._interval:
             return
         self._last = now
-        line = self.format(pages=pages, done=done, total=total, elapsed=now - self._start, final=final)
+        line = printable(
+            self.format(pages=pages, done=done, total=total, elapsed=now - self._start, final=final)
+        )
         if self._tty:
             self._stream.write(f"\r{line}\x1b[K")
             self._open_line = not final
@@ -224,7 +303,8 @@ class Progress:
         if final:
             parts.append(f"done in {elapsed:.1f} s")
         elif total is not None and rate > 0 and done < total:
-            parts.append(f"ETA {_duration((total - done) / rate)}")
+            with contextlib.suppress(OverflowError):  # a total beyond float range: no ETA
+                parts.append(f"ETA {_duration((total - done) / rate)}")
         return ", ".join(parts)
 
     def close(self) -> None:
@@ -287,15 +367,24 @@ def _filters(args: argparse.Namespace) -> dict[str, object]:
 
 
 def write_checkpoint(path: Path, state: Mapping[str, object]) -> None:
-    """Replace *path* atomically with *state*: a temp file in the same directory, fsynced, renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(json.dumps(state, indent=2).encode() + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    # No fsync of the directory: if a power cut loses the rename, the older checkpoint is still
-    # consistent (its offset is behind the synced output, and a resume truncates back to it).
-    os.replace(tmp, path)
+    """
+    Replace *path* atomically with *state*: a new temp file in the same directory, fsynced, renamed.
+
+    The temp file gets a fresh name, created exclusively with mode 0600 (`mkstemp`: `O_EXCL`, no
+    symlink followed), so a file planted at a predictable name is never written through.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "wb") as f:
+            f.write(json.dumps(state, indent=2).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        # No fsync of the directory: if a power cut loses the rename, the older checkpoint is still
+        # consistent (its offset is behind the synced output, and a resume truncates back to it).
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 class Checkpoint:
@@ -308,12 +397,7 @@ class Checkpoint:
     @classmethod
     def load(cls, path: Path, args: argparse.Namespace) -> Checkpoint:
         """Read *path* and check that it belongs to an export with the options in *args*."""
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise UsageError(f"no checkpoint at {path}: nothing to resume (run without --resume)") from None
-        except OSError as exc:
-            raise UsageError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+        raw = _read_checkpoint(path)
         try:
             state = json.loads(raw)
             if not isinstance(state, dict) or state.get("v") != _CHECKPOINT_VERSION:
@@ -322,7 +406,9 @@ class Checkpoint:
             if not isinstance(cursor_data, dict) or type(offset) is not int or offset < 0:
                 raise ValueError("cursor or offset missing")
             cursor = Cursor.from_dict(cursor_data)
-        except ValueError as exc:
+            _iso_or_none(cursor.start_time)  # both must convert to UTC for the requests
+            _iso_or_none(cursor.end_time)
+        except (ValueError, OverflowError, RecursionError) as exc:
             raise UsageError(f"{path} is not an export checkpoint: {exc}") from None
         wanted = {"format": args.format, **_filters(args)}
         recorded = {"format": state.get("format"), **_as_dict(state.get("filters"))}
@@ -333,6 +419,26 @@ class Checkpoint:
                 f"checkpoint {path} was written by an export with {was}; resume with the same options"
             )
         return cls(cursor=cursor, offset=offset)
+
+
+def _read_checkpoint(path: Path) -> bytes:
+    """Return the bytes of the checkpoint *path*: a regular file of at most 1 MiB, or a UsageError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of hanging
+    except FileNotFoundError:
+        raise UsageError(f"no checkpoint at {path}: nothing to resume (run without --resume)") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        raw = os.read(fd, _CHECKPOINT_MAX_BYTES + 1) if regular else b""  # one read: a regular file
+    finally:
+        os.close(fd)
+    if not regular:
+        raise UsageError(f"cannot read checkpoint {path}: not a regular file")
+    if len(raw) > _CHECKPOINT_MAX_BYTES:
+        raise UsageError(f"{path} is too large for an export checkpoint")
+    return raw
 
 
 def _as_dict(value: object) -> dict[str, object]:
@@ -406,10 +512,10 @@ async def run(
         try:
             client = AirudderClient.from_env(environ)
         except RuntimeError:
-            stderr.write(_MISSING_CREDENTIALS + "\n")
+            _say(stderr, _MISSING_CREDENTIALS)
             return 2
         except ValueError as exc:
-            stderr.write(f"error: AIRUDDER_BASE_URL: {exc}\n")
+            _say(stderr, f"error: AIRUDDER_BASE_URL: {exc}")
             return 2
     enabled = args.progress if args.progress is not None else stderr.isatty()
     try:
@@ -435,7 +541,7 @@ async def run(
                 args, client, stack, stdout=stdout, stderr=stderr, progress_enabled=enabled
             )
     except UsageError as exc:
-        stderr.write(f"error: {exc}\n")
+        _say(stderr, f"error: {exc}")
         return 2
     except BrokenPipeError:
         _silence_stdout(stdout)
@@ -470,30 +576,99 @@ async def _workflows(
             await _pump(it, commit, progress, args.max_items)
     except AirudderError as exc:
         progress.close()
-        stderr.write(f"error: {exc}\n")
+        _fail(stderr, exc)
         return 1
     finally:
         progress.close()
     return 0
 
 
-def _open_output(path: Path, resume: Checkpoint | None) -> BinaryIO:
-    """Open the export file: new (truncated), or cut back to the checkpoint's offset for a resume."""
-    if resume is None:
-        return open(path, "wb")
+def _same_file(a: Path, b: Path) -> bool:
+    """Tell whether *a* and *b* name one file: the same path after symlinks, or hard links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
     try:
-        stream = open(path, "r+b")  # noqa: SIM115 - the caller closes it (through its exit stack)
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def _open_locked(path: Path, flags: int, mode: int, busy: str) -> tuple[int, bool]:
+    """
+    Open the regular file *path* for writing (never truncating) and lock it exclusively without waiting.
+
+    Return the descriptor and whether it is locked (False without fcntl); raise UsageError with *busy*
+    when another process holds the lock, and for a FIFO, device or directory.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | flags, mode)  # O_NONBLOCK: a FIFO cannot hang us
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{path} is not a regular file: export to stdout (no -o) for a pipe or device")
+        os.set_blocking(fd, True)
+        if fcntl is None:
+            return fd, False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the descriptor is closed
+        except BlockingIOError:
+            raise UsageError(busy) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, True
+
+
+def _open_output(path: Path, resume: Checkpoint | None, stderr: TextIO) -> BinaryIO:
+    """Open and lock the export file, created for a new export; it must exist for a resume."""
+    busy = f"another export is writing {path}: wait for it to end; a second one would corrupt it"
+    try:
+        fd, locked = _open_locked(path, os.O_CREAT if resume is None else 0, 0o666, busy)
     except FileNotFoundError:
+        if resume is None:
+            raise
         raise UsageError(f"cannot resume: the output {path} is gone (the checkpoint expects it)") from None
+    if not locked:
+        _say(stderr, _UNLOCKED_NOTE)
+    return open(fd, "wb")  # an open descriptor: "wb" does not truncate it
+
+
+def _rewind(stream: BinaryIO, path: Path, resume: Checkpoint | None) -> None:
+    """Cut the locked output to nothing for a new export, or back to the checkpoint's offset."""
+    offset = 0 if resume is None else resume.offset
     size = os.fstat(stream.fileno()).st_size
-    if size < resume.offset:
-        stream.close()
-        raise UsageError(
-            f"cannot resume: {path} has {size} bytes but the checkpoint recorded {resume.offset}"
-        )
-    stream.truncate(resume.offset)  # drops whatever was written after the last checkpoint
-    stream.seek(resume.offset)
-    return stream
+    if size < offset:
+        raise UsageError(f"cannot resume: {path} has {size} bytes but the checkpoint recorded {offset}")
+    stream.truncate(offset)  # drops whatever was written after the last checkpoint
+    stream.seek(offset)
+
+
+def _is_same_inode(fd: int, path: Path) -> bool:
+    """Tell whether *path* still names the file open as *fd*."""
+    try:
+        here = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+@contextlib.contextmanager
+def _checkpoint_lock(checkpoint: Path, stderr: TextIO) -> Iterator[None]:
+    """
+    Hold `CHECKPOINT.lock` for an export to stdout (the checkpoint itself is replaced on every page).
+    """
+    path = checkpoint.with_name(checkpoint.name + ".lock")
+    busy = f"another export is using the checkpoint {checkpoint}: wait for it to end"
+    fd, locked = _open_locked(path, os.O_CREAT | os.O_NOFOLLOW, 0o600, busy)
+    try:
+        if locked and not _is_same_inode(fd, path):  # the export that held it removed it meanwhile
+            raise UsageError(busy)
+        if not locked:
+            _say(stderr, _UNLOCKED_NOTE)
+        yield
+    finally:
+        if _is_same_inode(fd, path):
+            path.unlink()
+        os.close(fd)
 
 
 async def _export(
@@ -513,16 +688,13 @@ async def _export(
         checkpoint = output.with_name(output.name + ".checkpoint.json")
     else:
         checkpoint = None  # stdout without --checkpoint: nothing to resume from
+    if output is not None and checkpoint is not None and _same_file(output, checkpoint):
+        raise UsageError(f"the checkpoint {checkpoint} is the output {output}: give another --checkpoint")
     resume: Checkpoint | None = None
     if args.resume:
         if checkpoint is None:
             raise UsageError("--resume with output to stdout needs --checkpoint PATH")
         resume = Checkpoint.load(checkpoint, args)
-    elif checkpoint is not None and checkpoint.exists():
-        raise UsageError(
-            f"{checkpoint} is left from an unfinished export: add --resume to continue it, "
-            "or delete it to start over"
-        )
     resume_hint = shlex.join([*command] if "--resume" in command else [*command, "--resume"])
 
     remaining = args.max_items  # a resumed export counts --max-items from the very start
@@ -541,11 +713,24 @@ async def _export(
         it = client.iter_workflows(cursor=resume.cursor, prefetch=args.prefetch, max_items=remaining or None)
     stack.push_async_callback(it.aclose)
 
+    # Lock before looking at or cutting anything, so a second export of the same file changes nothing.
     try:
-        stream = stdout if output is None else stack.enter_context(_open_output(output, resume))
+        if output is not None:
+            stream = stack.enter_context(_open_output(output, resume, stderr))
+        else:
+            stream = stdout
+            if checkpoint is not None:
+                stack.enter_context(_checkpoint_lock(checkpoint, stderr))
     except OSError as exc:
-        stderr.write(f"error: cannot open {output}: {exc.strerror}\n")
+        _say(stderr, f"error: cannot open {exc.filename}: {exc.strerror}")
         return 1
+    if resume is None and checkpoint is not None and checkpoint.exists():
+        raise UsageError(
+            f"{checkpoint} is left from an unfinished export: add --resume to continue it, "
+            "or delete it to start over"
+        )
+    if output is not None:
+        _rewind(stream, output, resume)
     meta = {
         "v": _CHECKPOINT_VERSION,
         "format": args.format,
@@ -563,9 +748,10 @@ async def _export(
     start = it.cursor
     progress = Progress(stderr, enabled=progress_enabled, tty=stderr.isatty(), start_done=start.received)
     if resume is not None and output is None:
-        stderr.write(
+        _say(
+            stderr,
             f"note: resuming to stdout: append this to the earlier output cut to {resume.offset} bytes "
-            f"(e.g. truncate -s {resume.offset} FILE)\n"
+            f"(e.g. truncate -s {resume.offset} FILE)",
         )
     try:
         if resume is None:
@@ -584,12 +770,12 @@ async def _export(
         raise
     except AirudderError as exc:
         progress.close()
-        stderr.write(f"error: {exc}\n")
+        _fail(stderr, exc)
         _hint(stderr, sink, resume_hint, "the export stopped")
         return 1
     except OSError as exc:
         progress.close()
-        stderr.write(f"error: cannot write the export: {exc}\n")
+        _say(stderr, f"error: cannot write the export: {exc}")
         _hint(stderr, sink, resume_hint, "the export stopped")
         return 1
     except BaseException as exc:  # Ctrl-C arrives as a cancellation; the checkpoint still holds
@@ -607,8 +793,9 @@ async def _export(
 
 def _hint(stderr: TextIO, sink: ExportSink, resume_hint: str, what: str) -> None:
     if sink.saved is not None:
-        stderr.write(
-            f"{what} after {sink.saved.received:,} workflows (all saved in the output); resume with:\n"
-            f"  {resume_hint}\n"
+        _say(
+            stderr,
+            f"{what} after {sink.saved.received:,} workflows (all saved in the output); resume with:",
+            f"  {resume_hint}",
         )
     stderr.flush()

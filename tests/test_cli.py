@@ -12,15 +12,15 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.from_thread
 import attrs
 import pytest
+from aiohttp import web
 
 from airudder_async.__main__ import amain, main
 from airudder_async._cli import CSV_FIELDS, Progress, _duration, _fsync_if_possible, _silence_stdout, program
@@ -486,9 +486,10 @@ async def test_resume_checks_the_output_file(env: FakeAirudder, tmp_path: Path) 
     gone = await cli(*argv, "--resume")
     assert gone.code == 2
     assert "is gone" in gone.err
-    unreadable = await cli(*argv, "--resume", "--checkpoint", str(tmp_path))  # a directory
-    assert unreadable.code == 2
-    assert "cannot read checkpoint" in unreadable.err
+    for unreadable in (tmp_path, tmp_path / "wf.jsonl.checkpoint.json" / "x"):  # a directory; ENOTDIR
+        run = await cli(*argv, "--resume", "--checkpoint", str(unreadable))
+        assert run.code == 2
+        assert run.err.startswith(f"error: cannot read checkpoint {unreadable}: ")
     assert len(env.requests) == sent
 
 
@@ -663,28 +664,60 @@ def test_broken_pipe_exits_quietly(tmp_path: Path) -> None:
     assert (code, err) == (0, b"")
 
 
-def test_export_survives_sigkill_and_resumes(tmp_path: Path) -> None:
-    """A SIGKILLed export resumes with --resume to exactly the 20,000 sandbox workflows, once each."""
+class GatedFake(FakeAirudder):
+    """A FakeAirudder that holds its *hold*-th instancelist answer until `release` is set."""
+
+    def __init__(self, *, hold: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hold = hold
+        self.arrived = anyio.Event()
+        self.release = anyio.Event()
+        self._seen = 0
+
+    def make_app(self) -> web.Application:
+        """The fake's application with the gate in front of every other middleware."""
+        app = super().make_app()
+        app.middlewares.insert(0, self._gate)
+        return app
+
+    @web.middleware
+    async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == INSTANCELIST_PATH:
+            self._seen += 1
+            if self._seen == self.hold:
+                self.arrived.set()
+                await self.release.wait()
+        response: web.StreamResponse = await handler(request)
+        return response
+
+
+async def test_export_survives_sigkill_and_resumes(tmp_path: Path) -> None:
+    """An export SIGKILLed while its 6th page is on the way resumes to every workflow, once each."""
     out = tmp_path / "wf.jsonl"
     checkpoint = tmp_path / "wf.jsonl.checkpoint.json"
-    cmd = [sys.executable, "-m", "airudder_async", "export", "--sandbox", "20000", "--page-size", "200",
-           "--prefetch", "1", "--sandbox-latency", "0.005", "-o", str(out)]  # fmt: skip
-    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env()) as proc:
-        deadline = time.monotonic() + 10
-        received = 0
-        while received < 1000:  # kill it mid-walk, a few pages in
-            assert proc.poll() is None, "the export ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-            if checkpoint.exists():
-                received = json.loads(checkpoint.read_bytes())["cursor"]["received"]
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    assert checkpoint.exists()
-    assert len(out.read_bytes().splitlines()) < 20000
+    cmd = [sys.executable, "-m", "airudder_async", "export", "--page-size", "200", "--prefetch", "1",
+           "-o", str(out)]  # fmt: skip
+    async with GatedFake(hold=6, workflows=2000) as fake:
+        environ = {
+            **_env(),
+            "AIRUDDER_BASE_URL": fake.url,
+            "AIRUDDER_APP_KEY": fake.app_key,
+            "AIRUDDER_APP_SECRET": fake.app_secret,
+        }
+        with anyio.fail_after(30):  # a deadline for a broken build, never a wait: the gate says when
+            async with await anyio.open_process(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environ
+            ) as proc:
+                await fake.arrived.wait()  # pages 1-5 were served; the process waits for the 6th
+                proc.kill()
+                assert await proc.wait() == -signal.SIGKILL
+            fake.release.set()
+            received = json.loads(checkpoint.read_bytes())["cursor"]["received"]
+            assert 0 < received < 2000
+            assert len(out.read_bytes().splitlines()) < 2000
 
-    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, env=_env(), timeout=30, check=False)
-    assert (resumed.returncode, resumed.stderr) == (0, b"")
-    ids = [line["workflow_id"] for line in jsonl(out.read_bytes())]
-    assert ids == [wf["workflow_id"] for wf in make_workflows(20000)]
+            resumed = await anyio.run_process([*cmd, "--resume"], env=environ, check=False)
+        assert (resumed.returncode, resumed.stderr) == (0, b"")
+        ids = [line["workflow_id"] for line in jsonl(out.read_bytes())]
+        assert ids == fake.workflow_ids()
     assert not checkpoint.exists()
