@@ -137,6 +137,9 @@ def _one(cls: type[T], fast: Callable[[Any], T], item: object, path: str) -> T:
     return _slow(cls, item, path)  # outside the except block: nothing chained to the DecodeError
 
 
+MAX_COUNT = 2**63 - 1  # a larger `count` is no real total, and would overflow page arithmetic
+
+
 def parse_page(data: object) -> tuple[list[Workflow], int]:
     """
     Turn an instancelist answer's `data` into (workflows, count), or raise `DecodeError` with the path.
@@ -146,9 +149,9 @@ def parse_page(data: object) -> tuple[list[Workflow], int]:
     if not isinstance(data, dict):
         raise DecodeError(f"data is not an object: {type(data).__name__}", field_path="data")
     count = data.get("count")
-    if type(count) is not int or count < 0:
+    if type(count) is not int or not 0 <= count <= MAX_COUNT:
         raise DecodeError(
-            f"data.count is not a non-negative integer: {describe(count)}", field_path="data.count"
+            f"data.count is not an integer in 0..2**63-1: {describe(count)}", field_path="data.count"
         )
     lists = data.get("lists")
     if lists is None:

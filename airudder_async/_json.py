@@ -10,7 +10,9 @@ no chained exception (a third-party decode error keeps the whole document in its
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
 __all__ = ["HAS_ORJSON", "MAX_DEPTH", "JSONDecodeError", "depth_exceeds", "dumps", "loads"]
@@ -19,6 +21,9 @@ MAX_DEPTH = 1024  # levels of arrays/objects; orjson refuses deeper documents it
 
 # Every byte but the four brackets and the quote: deleted by bytes.translate in the depth scan.
 _NOT_STRUCTURE = bytes(range(256)).translate(None, b'"[]{}')
+_OPEN, _CLOSE = b"\x01", b"\xff"  # +1 and -1 as signed bytes
+_SIGNS = bytes.maketrans(b"[{]}", _OPEN * 2 + _CLOSE * 2)
+_PEEL_ROUNDS = 8
 
 
 class JSONDecodeError(ValueError):
@@ -27,30 +32,32 @@ class JSONDecodeError(ValueError):
 
 def depth_exceeds(data: bytes, limit: int = MAX_DEPTH) -> bool:
     """
-    Tell whether *data* nests deeper than *limit* (or is so unbalanced that it cannot be JSON).
+    Tell whether *data* nests deeper than *limit* levels of arrays and objects.
 
-    Every step is a C-speed bytes operation: drop escapes, keep only brackets and quotes, drop the
-    strings, then peel one level of innermost `[]`/`{}` pairs per round, at most *limit* rounds.
+    Only structural brackets count: escapes and strings are removed first. Every step is a C-speed
+    bytes operation: a few rounds peel the innermost pairs (a page of workflows is 3 levels deep),
+    each round also looking for a run of opening brackets too long to close in time; what survives
+    those rounds (crafted input only) gets one linear pass. Unbalanced input is left to the parser.
     """
     if b"\\" in data:
         data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
     skeleton = data.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
     if b'"' in skeleton:  # strings holding brackets: keep what lies outside the quotes
         skeleton = b"".join(skeleton.split(b'"')[::2])
-    for _ in range(limit):
-        if not skeleton:
-            return False
-        peeled = skeleton.replace(b"[]", b"").replace(b"{}", b"")
-        if peeled == skeleton:
-            return True  # unbalanced: not JSON at all
-        skeleton = peeled
-    return bool(skeleton)
+    skeleton = skeleton.translate(_SIGNS)  # opening brackets are +1, closing ones -1
+    for peeled in range(_PEEL_ROUNDS):
+        if len(skeleton) <= limit - peeled:
+            return False  # too few brackets left to open that many levels
+        if _OPEN * (limit - peeled + 1) in skeleton:
+            return True
+        skeleton = skeleton.replace(_OPEN + _CLOSE, b"")
+    return max(accumulate(array("b", skeleton)), default=0) > limit - _PEEL_ROUNDS
 
 
 def _stdlib_loads(data: bytes) -> Any:
     failure = ""
     if depth_exceeds(data):
-        failure = f"nested deeper than {MAX_DEPTH} levels, or unbalanced"
+        failure = f"nested deeper than {MAX_DEPTH} levels"
     else:
         try:
             return json.loads(data)
@@ -83,8 +90,10 @@ else:
     def loads(data: bytes) -> Any:
         try:
             return _orjson_loads(data)
-        except _OrjsonError:
-            pass
+        except _OrjsonError as exc:
+            too_deep = "depth" in str(exc)  # orjson's own limit is MAX_DEPTH: no second opinion needed
+        if too_deep:
+            raise JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels")
         # orjson refuses what the stdlib accepts (a lone surrogate escape such as "\ud800"): the
         # stdlib decides, so both installs accept the same documents.
         return _stdlib_loads(data)
