@@ -61,9 +61,9 @@ _UNSAFE_URL = re.compile(r"[?#\\\s\x00-\x1f\x7f]")
 
 
 def _version() -> str:
-    from . import __version__
+    from importlib.metadata import version
 
-    return __version__
+    return version("airudder-async")
 
 
 def check_base_url(url: str) -> str:
