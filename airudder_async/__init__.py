@@ -25,7 +25,7 @@ from ._config import (
 from ._protocol import Response
 
 if TYPE_CHECKING:
-    from ._client import AirudderClient, RequestOptions
+    from ._client import AirudderClient, ClientOptions, RequestOptions
     from ._pagination import PageBatches, WorkflowIterator
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_TIMEOUTS",
     "NO_RETRY",
     "AirudderClient",
+    "ClientOptions",
     "Limits",
     "PageBatches",
     "RequestOptions",
@@ -49,6 +50,7 @@ __all__ = [
 # this file first.
 _LAZY = {
     "AirudderClient": "._client",
+    "ClientOptions": "._client",
     "RequestOptions": "._client",
     "PageBatches": "._pagination",
     "WorkflowIterator": "._pagination",

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self, TypedDict, Unpack
+from typing import Final, Self, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -163,6 +163,22 @@ def _filters(start_time: datetime | None, end_time: datetime | None) -> dict[str
     return params
 
 
+class ClientOptions(TypedDict, total=False):
+    """
+    The `AirudderClient` arguments besides the credentials and *base_url*, as taken by `from_env()`.
+    """
+
+    session: aiohttp.ClientSession | None
+    timeouts: Timeouts
+    limits: Limits
+    retry: RetryPolicy
+    user_agent: str | None
+    event_hook: Callable[[RequestEvent], object] | None
+
+
+_READ_ONLY = frozenset({"base_url", "timeouts", "limits", "retry", "user_agent"})
+
+
 class RequestOptions(TypedDict, total=False):
     """
     The keyword arguments of `AirudderClient.request()` and `request_full()`; every one is optional.
@@ -229,11 +245,11 @@ class AirudderClient:
                 raise TypeError(f"{name} must be a {cls.__name__}, got {type(obj).__name__}")
         self._app_key = app_key
         self._app_secret = app_secret
-        self._base_url = check_base_url(base_url)
-        self._timeouts = timeouts
-        self._limits = limits
-        self._retry = retry
-        self._user_agent = user_agent or (
+        self.base_url: Final = check_base_url(base_url)
+        self.timeouts: Final = timeouts
+        self.limits: Final = limits
+        self.retry: Final = retry
+        self.user_agent: Final = user_agent or (
             f"airudder-async/{_version()} Python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
         )
         self._event_hook = event_hook
@@ -251,17 +267,13 @@ class AirudderClient:
         environ: Mapping[str, str] | None = None,
         *,
         base_url: str | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeouts: Timeouts = DEFAULT_TIMEOUTS,
-        limits: Limits = DEFAULT_LIMITS,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        user_agent: str | None = None,
-        event_hook: Callable[[RequestEvent], object] | None = None,
+        **options: Unpack[ClientOptions],
     ) -> Self:
         """
         Build a client from `AIRUDDER_APP_KEY`, `AIRUDDER_APP_SECRET` and optional `AIRUDDER_BASE_URL`.
 
-        An explicit *base_url* wins over the environment; the other arguments are the constructor's.
+        An explicit *base_url* wins over the environment; the *options* (`ClientOptions`) are the
+        constructor's other arguments.
         Raises `RuntimeError` naming a missing variable.
         """
         env = os.environ if environ is None else environ
@@ -272,46 +284,22 @@ class AirudderClient:
             app_key=env["AIRUDDER_APP_KEY"],
             app_secret=env["AIRUDDER_APP_SECRET"],
             base_url=base_url or env.get("AIRUDDER_BASE_URL") or DEFAULT_BASE_URL,
-            session=session,
-            timeouts=timeouts,
-            limits=limits,
-            retry=retry,
-            user_agent=user_agent,
-            event_hook=event_hook,
+            **options,
         )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # The configuration is copied into the send loop when the client opens, so a later change
+        # would be silently ignored: refuse it instead (type checkers see `Final` too).
+        if name in _READ_ONLY and name in self.__dict__:
+            raise AttributeError(
+                f"AirudderClient.{name} is read-only: pass retry=/timeouts= per call, or build another client"
+            )
+        super().__setattr__(name, value)
 
     def __repr__(self) -> str:
         key = self._app_key
         shown = key[:4] + "…" if len(key) > 8 else "…"
-        return f"<AirudderClient base_url={self._base_url!r} app_key={shown!r} state={self._state}>"
-
-    # Configuration is read-only: the send loop copies it when the client opens, so a later change
-    # would be silently ignored. Pass per-call *retry*/*timeouts*, or build another client.
-
-    @property
-    def base_url(self) -> str:
-        """The API root every path is appended to (read-only)."""
-        return self._base_url
-
-    @property
-    def timeouts(self) -> Timeouts:
-        """The per-attempt time limits (read-only; override per call with *timeouts*)."""
-        return self._timeouts
-
-    @property
-    def limits(self) -> Limits:
-        """The pacing and size limits (read-only)."""
-        return self._limits
-
-    @property
-    def retry(self) -> RetryPolicy:
-        """The retry policy (read-only; override per call with *retry*)."""
-        return self._retry
-
-    @property
-    def user_agent(self) -> str:
-        """The `User-Agent` header sent with every request (read-only)."""
-        return self._user_agent
+        return f"<AirudderClient base_url={self.base_url!r} app_key={shown!r} state={self._state}>"
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -320,20 +308,20 @@ class AirudderClient:
             raise RuntimeError(f"this AirudderClient is {self._state}; create a new one")
         session = self._user_session
         if session is None:
-            connector = aiohttp.TCPConnector(limit=self._limits.max_connections, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(limit=self.limits.max_connections, ttl_dns_cache=300)
             session = self._session = aiohttp.ClientSession(connector=connector)
         headers = {
-            "User-Agent": self._user_agent,
+            "User-Agent": self.user_agent,
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
         self._loop = SendLoop(
             session=session,
-            base_url=self._base_url,
+            base_url=self.base_url,
             headers=headers,
-            limits=self._limits,
-            retry=self._retry,
-            timeouts=self._timeouts,
+            limits=self.limits,
+            retry=self.retry,
+            timeouts=self.timeouts,
             app_key=self._app_key,
             app_secret=self._app_secret,
             event_hook=self._event_hook,

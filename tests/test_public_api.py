@@ -15,6 +15,7 @@ import airudder_async
 PUBLIC = {
     "airudder_async": [
         "AirudderClient",
+        "ClientOptions",
         "DEFAULT_LIMITS",
         "DEFAULT_RETRY",
         "DEFAULT_TIMEOUTS",
