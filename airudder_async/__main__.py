@@ -8,6 +8,7 @@ The work happens in `_cli.run()`; `amain()` runs it in the caller's event loop (
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from typing import BinaryIO, TextIO
@@ -120,8 +121,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
     args = parser.parse_args(argv)
     if args.since is not None and args.until is not None and args.since > args.until:
         parser.error(f"--since {args.since.isoformat()} is after --until {args.until.isoformat()}")
-    if args.sandbox_latency < 0:
-        parser.error("--sandbox-latency must be >= 0")
+    if not 0 <= args.sandbox_latency < math.inf:  # also refuses nan
+        parser.error("--sandbox-latency must be a finite number >= 0")
     return args
 
 

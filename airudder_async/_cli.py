@@ -221,8 +221,8 @@ def encode_csv(items: Sequence[Workflow], *, header: bool = False) -> bytes:
 def _time_cell(value: datetime | None) -> str:
     try:
         return _utc(value)
-    except OverflowError:  # no UTC equivalent: the time as sent
-        assert value is not None  # only a time can overflow
+    except (OverflowError, ValueError):  # no UTC equivalent (year 1 or 9999 near the edge): as sent
+        assert value is not None  # only a time can be out of range
         return value.isoformat()
 
 

@@ -138,6 +138,9 @@ async def test_workflows_max_items_stops_early(env: FakeAirudder) -> None:
         ["export", "--resume"],
         ["export", "--format", "xml"],
         ["workflows", "--sandbox", "--sandbox-latency", "-1"],
+        ["workflows", "--sandbox", "--sandbox-latency", "inf"],
+        ["workflows", "--sandbox", "--sandbox-latency", "nan"],
+        ["workflows", "--since", "0001-01-01T00:00:00+00:01"],
     ],
     ids=lambda argv: " ".join(argv),
 )
