@@ -658,7 +658,12 @@ def _checkpoint_lock(checkpoint: Path, stderr: TextIO) -> Iterator[None]:
     """
     path = checkpoint.with_name(checkpoint.name + ".lock")
     busy = f"another export is using the checkpoint {checkpoint}: wait for it to end"
-    fd, locked = _open_locked(path, os.O_CREAT | os.O_NOFOLLOW, 0o600, busy)
+    try:
+        fd, locked = _open_locked(path, os.O_CREAT | os.O_NOFOLLOW, 0o600, busy)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UsageError(f"{path} is a symbolic link: remove it (a lock file is never followed)") from None
     try:
         if locked and not _is_same_inode(fd, path):  # the export that held it removed it meanwhile
             raise UsageError(busy)

@@ -527,14 +527,17 @@ async def test_a_second_export_with_the_same_checkpoint_to_stdout_fails_fast(
 
 
 async def test_a_planted_lock_symlink_is_not_followed(env: FakeAirudder, tmp_path: Path) -> None:
-    """A symlink planted at the checkpoint's lock file is refused, and the file it points to is unchanged."""
+    """A symlink planted at the checkpoint's lock file is refused (exit 2); its target is unchanged."""
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious\n")
     (tmp_path / "ck.json.lock").symlink_to(victim)
     run = await cli("export", "--checkpoint", str(tmp_path / "ck.json"))
-    assert run.code == 1
-    assert run.err.startswith(f"error: cannot open {tmp_path / 'ck.json.lock'}: ")
+    assert run.code == 2
+    assert run.err.startswith(f"error: {tmp_path / 'ck.json.lock'} is a symbolic link: remove it")
     assert victim.read_bytes() == b"precious\n"
+    missing = await cli("export", "--checkpoint", str(tmp_path / "missing" / "ck.json"))
+    assert missing.code == 1
+    assert missing.err.startswith(f"error: cannot open {tmp_path / 'missing' / 'ck.json.lock'}: ")
     assert env.requests == []
 
 
