@@ -51,6 +51,11 @@ try:
 except ImportError:  # pragma: no cover - not POSIX (Windows): exports run unlocked, with a note
     fcntl = None
 
+# Flags that exist only on some systems are 0 elsewhere (Windows has no FIFOs; POSIX has no O_BINARY).
+_O_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
+_O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+_O_BINARY: int = getattr(os, "O_BINARY", 0)
+
 __all__ = [
     "CSV_FIELDS",
     "PROG",
@@ -424,7 +429,7 @@ class Checkpoint:
 def _read_checkpoint(path: Path) -> bytes:
     """Return the bytes of the checkpoint *path*: a regular file of at most 1 MiB, or a UsageError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of hanging
+        fd = os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_BINARY)  # a FIFO opens at once, no hang
     except FileNotFoundError:
         raise UsageError(f"no checkpoint at {path}: nothing to resume (run without --resume)") from None
     except OSError as exc:
@@ -600,13 +605,13 @@ def _open_locked(path: Path, flags: int, mode: int, busy: str) -> tuple[int, boo
     Return the descriptor and whether it is locked (False without fcntl); raise UsageError with *busy*
     when another process holds the lock, and for a FIFO, device or directory.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | flags, mode)  # O_NONBLOCK: a FIFO cannot hang us
+    fd = os.open(path, os.O_WRONLY | _O_NONBLOCK | _O_BINARY | flags, mode)  # a FIFO cannot hang us
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UsageError(f"{path} is not a regular file: export to stdout (no -o) for a pipe or device")
-        os.set_blocking(fd, True)
         if fcntl is None:
             return fd, False
+        os.set_blocking(fd, True)  # POSIX only (so after the fcntl check); a no-op on a regular file
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the descriptor is closed
         except BlockingIOError:
@@ -659,7 +664,7 @@ def _checkpoint_lock(checkpoint: Path, stderr: TextIO) -> Iterator[None]:
     path = checkpoint.with_name(checkpoint.name + ".lock")
     busy = f"another export is using the checkpoint {checkpoint}: wait for it to end"
     try:
-        fd, locked = _open_locked(path, os.O_CREAT | os.O_NOFOLLOW, 0o600, busy)
+        fd, locked = _open_locked(path, os.O_CREAT | _O_NOFOLLOW, 0o600, busy)
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
