@@ -11,7 +11,7 @@ import json
 import os
 import shlex
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -52,9 +52,9 @@ class Run:
     err: str
 
 
-async def cli(*argv: str, stdout: io.BytesIO | None = None) -> Run:
+async def cli(*argv: str) -> Run:
     """Run the command line *argv* in this event loop, capturing stdout and stderr."""
-    out, err = stdout or io.BytesIO(), io.StringIO()
+    out, err = io.BytesIO(), io.StringIO()
     code = await amain(list(argv), stdout=out, stderr=err)
     return Run(code, out.getvalue(), err.getvalue())
 
@@ -473,40 +473,31 @@ async def test_an_output_that_is_not_a_regular_file_exits_2(
 # -- concurrent exports -----------------------------------------------------------------------------------
 
 
-async def during_export(
-    gated: GatedFake, argv: list[str], second: Callable[[], Awaitable[Run]], stdout: io.BytesIO | None = None
-) -> tuple[Run, Run]:
-    """Run export *argv*; while its 3rd page is held by the server, run *second*; return both runs."""
-    results: list[Run] = []
+async def during_export(gated: GatedFake, argv: list[str], *others: list[str]) -> tuple[Run, list[Run]]:
+    """Run export *argv*; while the server holds its 3rd page, run each of *others*; return every run."""
+    first: list[Run] = []
 
-    async def first() -> None:
-        results.append(await cli(*argv, stdout=stdout))
+    async def export() -> None:
+        first.append(await cli(*argv))
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(first)
+        tg.start_soon(export)
         await gated.arrived.wait()
-        other = await second()
+        runs = [await cli(*other) for other in others]
         gated.release.set()
-    return results[0], other
+    return first[0], runs
 
 
 async def test_a_second_export_to_the_same_output_fails_fast(gated: GatedFake, tmp_path: Path) -> None:
-    """While an export runs, a second one to its output exits 2 at once and the first ends whole."""
+    """While an export runs, a second one to its output, or a resume, exits 2; the first ends whole."""
     out = tmp_path / "wf.jsonl"
-    argv = ["export", "-o", str(out), "--page-size", "10", "--prefetch", "1"]
-    runs: list[Run] = []
-
-    async def others() -> Run:
-        runs.append(await cli(*argv))
-        runs.append(await cli(*argv, "--resume"))
-        runs.append(await cli("export", "-o", str(tmp_path / "link.jsonl"), "--page-size", "10"))
-        return runs[0]
-
     (tmp_path / "link.jsonl").symlink_to(out)
-    first, _ = await during_export(gated, argv, others)
-    for run in runs:
-        assert run.code == 2
-        assert "another export is writing" in run.err
+    argv = ["export", "-o", str(out), "--page-size", "10", "--prefetch", "1"]
+    via_link = ["export", "-o", str(tmp_path / "link.jsonl"), "--page-size", "10"]
+    first, others = await during_export(gated, argv, argv, [*argv, "--resume"], via_link)
+    for run in others:
+        assert (run.code, run.out) == (2, b"")
+        assert run.err.startswith("error: another export is writing ")
     assert (first.code, first.err) == (0, "")
     assert jsonl(out.read_bytes()) == gated.workflows
     assert listdir(tmp_path) == ["link.jsonl", "wf.jsonl"]
@@ -517,10 +508,9 @@ async def test_a_second_export_with_the_same_checkpoint_to_stdout_fails_fast(
 ) -> None:
     """Two exports to stdout with one --checkpoint: the second exits 2; the first ends whole, no lock left."""
     argv = ["export", "--checkpoint", str(tmp_path / "ck.json"), "--page-size", "10", "--prefetch", "1"]
-    first, second = await during_export(gated, argv, lambda: cli(*argv))
-    assert second.code == 2
-    assert "another export is using" in second.err
-    assert second.out == b""
+    first, (second,) = await during_export(gated, argv, argv)
+    assert (second.code, second.out) == (2, b"")
+    assert second.err.startswith("error: another export is using the checkpoint ")
     assert (first.code, first.err) == (0, "")
     assert jsonl(first.out) == gated.workflows
     assert listdir(tmp_path) == []
