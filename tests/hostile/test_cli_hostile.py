@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import attrs
 import pytest
 from aiohttp import web
