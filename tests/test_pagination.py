@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from contextlib import aclosing
+from datetime import UTC, datetime
 
 import anyio
 import anyio.lowlevel
@@ -75,6 +76,29 @@ async def test_break_with_prefetch_leaves_nothing_behind() -> None:
         assert _open_connections(client) == 0
         sent = client.stats.requests
     assert client.stats.requests == sent == 1 + 9  # auth and 9 pages; nothing went out after the break
+    assert fake.hits(*LIST) == 9
+
+
+@pytest.mark.anyio
+async def test_dropped_walk_cancels_only_the_pages_in_flight() -> None:
+    """A walk dropped with some prefetched pages answered and others in flight stops those in flight."""
+    async with FakeAirudder(workflows=5000) as fake, fake.client() as client:
+        gate = fake.gate(INSTANCELIST_PATH, after=3)  # page 1 and the first two prefetched pages pass
+        walk = client.iter_workflows(page_size=100, prefetch=8)
+        await walk.__anext__()
+        await gate.wait_held(6)
+        slots = list(walk._slots)
+        with anyio.fail_after(5):
+            while sum(s.done.is_set() for s in slots) < 2:  # the two let through are answered
+                await anyio.lowlevel.checkpoint()
+        del walk  # no aclose(): __del__ stops the rest
+        gc.collect()
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        assert _client_tasks() == []
+        assert _open_connections(client) == 0
+        assert [s.ok for s in slots].count(True) == 2  # the answered pages were left as they were
+        assert gate.held == 6
     assert fake.hits(*LIST) == 9
 
 
@@ -187,6 +211,36 @@ async def test_resumed_walk_sees_the_same_snapshot() -> None:
         fake.insert_head(80)
         got += [w.workflow_id async for w in client.iter_workflows(cursor=cursor)]
     assert got == before
+
+
+@pytest.mark.anyio
+async def test_resumed_walk_reports_its_cursor_before_the_first_item() -> None:
+    """A walk started from a cursor reports that same cursor until it yields something."""
+    async with FakeAirudder(workflows=300) as fake, fake.client() as client:
+        walk = client.iter_workflows(page_size=100)
+        fresh = walk.cursor  # nothing yielded yet; the window is pinned already
+        assert (fresh.page, fresh.last_workflow_id, fresh.received) == (1, None, 0)
+        assert fresh.end_time is not None
+        assert (walk.count, walk.count_drift) == (None, 0)  # no page seen yet
+        async with walk:
+            for _ in range(150):
+                await walk.__anext__()
+        cursor = walk.cursor
+        assert (cursor.page, cursor.received) == (2, 150)
+        assert cursor.last_workflow_id == fake.workflow_ids()[149]
+        resumed = client.iter_workflows(cursor=cursor)
+        assert resumed.cursor == cursor
+        rest = [w.workflow_id async for w in resumed]
+    assert rest == fake.workflow_ids()[150:]
+
+
+def test_cursor_times_must_be_aware() -> None:
+    """A cursor refuses a naive window time, which would shift the walk by the local offset."""
+    with pytest.raises(ValueError, match="start_time must be timezone-aware"):
+        Cursor(page=1, page_size=10, start_time=datetime(2026, 1, 1))  # naive on purpose
+    with pytest.raises(ValueError, match="end_time must be timezone-aware"):
+        Cursor(page=1, page_size=10, end_time=datetime(2026, 1, 1))  # naive on purpose
+    assert Cursor(page=1, page_size=10, end_time=datetime(2026, 1, 1, tzinfo=UTC)).end_time is not None
 
 
 @pytest.mark.anyio
