@@ -11,7 +11,7 @@ import json
 import os
 import shlex
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -472,8 +472,10 @@ async def test_an_output_that_is_not_a_regular_file_exits_2(
 # -- concurrent exports -----------------------------------------------------------------------------------
 
 
-async def during_export(gated: GatedFake, argv: list[str], *others: list[str]) -> tuple[Run, list[Run]]:
-    """Run export *argv*; while the server holds its 3rd page, run each of *others*; return every run."""
+async def during_export(
+    gated: GatedFake, argv: list[str], *others: list[str], meanwhile: Callable[[], object] = list
+) -> tuple[Run, list[Run]]:
+    """Run export *argv*; while the server holds its 3rd page, call *meanwhile*, run each of *others*."""
     first: list[Run] = []
 
     async def export() -> None:
@@ -482,6 +484,7 @@ async def during_export(gated: GatedFake, argv: list[str], *others: list[str]) -
     async with anyio.create_task_group() as tg:
         tg.start_soon(export)
         await gated.arrived.wait()
+        meanwhile()
         runs = [await cli(*other) for other in others]
         gated.release.set()
     return first[0], runs
@@ -500,6 +503,21 @@ async def test_a_second_export_to_the_same_output_fails_fast(gated: GatedFake, t
     assert (first.code, first.err) == (0, "")
     assert jsonl(out.read_bytes()) == gated.workflows
     assert listdir(tmp_path) == ["link.jsonl", "wf.jsonl"]
+
+
+async def test_two_exports_racing_past_the_checkpoint_check_do_not_mix(
+    gated: GatedFake, tmp_path: Path
+) -> None:
+    """A second export that finds no checkpoint yet (both started at once) still exits 2 on the lock."""
+    out = tmp_path / "wf.jsonl"
+    checkpoint = tmp_path / "wf.jsonl.checkpoint.json"
+    argv = ["export", "-o", str(out), "--page-size", "10", "--prefetch", "1"]
+    first, (second,) = await during_export(gated, argv, argv, meanwhile=checkpoint.unlink)
+    assert (second.code, second.out) == (2, b"")
+    assert second.err.startswith("error: another export is writing ")
+    assert (first.code, first.err) == (0, "")
+    assert jsonl(out.read_bytes()) == gated.workflows
+    assert listdir(tmp_path) == ["wf.jsonl"]
 
 
 async def test_a_second_export_with_the_same_checkpoint_to_stdout_fails_fast(
