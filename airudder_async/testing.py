@@ -331,6 +331,8 @@ class FakeAirudder:
         self._schedule: dict[tuple[str, int], list[Fault]] = {}
         self._gates: list[tuple[str, int, Gate]] = []  # (path, last request number let through, gate)
         self._recorded = _Signal()
+        self._is_stopping = False
+        self._stopping = _Signal()
         self._path_hits: Counter[str] = Counter()
         self._random: tuple[random.Random, float, tuple[Fault, ...], str | None] | None = None
         self._runner: web.AppRunner | None = None
@@ -489,6 +491,7 @@ class FakeAirudder:
         return app
 
     async def __aenter__(self) -> Self:
+        self._is_stopping = False
         self._runner = web.AppRunner(
             self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
@@ -505,7 +508,9 @@ class FakeAirudder:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop serving (releasing every gate first). Idempotent."""
+        """Stop serving (releasing every gate and cutting slow answers short first). Idempotent."""
+        self._is_stopping = True
+        self._stopping.notify()
         for _, _, gate in self._gates:
             gate.release()
         runner, self._runner = self._runner, None
@@ -631,7 +636,9 @@ class FakeAirudder:
                 headers["Retry-After"] = fault.retry_after
             return _error(fault.status, f"injected HTTP {fault.status}", headers=headers)
         if fault.kind == "slow":
-            await asyncio.sleep(fault.seconds)
+            # Shutdown cuts the wait short: closing the fake never waits for a slow answer.
+            with anyio.move_on_after(fault.seconds):
+                await self._stopping.wait_until(lambda: self._is_stopping, None)
         elif fault.kind == "malformed":
             return web.Response(status=200, body=b'{"data": {"lists": [', content_type="application/json")
         elif fault.kind == "envelope":

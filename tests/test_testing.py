@@ -296,6 +296,24 @@ async def test_aclose_releases_held_requests() -> None:
         assert client.stats.responses == 3  # the held request was answered before the server stopped
 
 
+async def test_aclose_cuts_slow_answers_short() -> None:
+    """Closing the fake answers a request held by Fault.slow() at once instead of waiting it out."""
+    async with FakeAirudder(workflows=2) as fake, fake.client() as client:
+        await client.list_workflows()
+        fake.inject(Fault.slow(60))
+        pages = []
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def call() -> None:
+                    pages.append(await client.list_workflows())
+
+                tg.start_soon(call)
+                await fake.wait_for_hits("GET", INSTANCELIST_PATH, 2)
+                await fake.aclose()
+        assert [len(p.items) for p in pages] == [2]
+
+
 async def test_send_webhook_stops_retrying_once_accepted() -> None:
     """send_webhook() posts the JSON body, retries a 5xx, and stops at the first 2xx of each delivery."""
     bodies: list[object] = []
