@@ -97,10 +97,18 @@ async def test_cancelled_fetch_does_not_resurrect_an_old_failure() -> None:
         except AirudderError as exc:
             results.append(exc)
 
+    async def cancel_once_queued(scope: anyio.CancelScope) -> None:
+        with anyio.fail_after(5):
+            while cache._lock.statistics().tasks_waiting < 1:  # the waiter queues behind the fetch
+                await anyio.lowlevel.checkpoint()
+        scope.cancel()
+
     results: list[object] = []
     async with anyio.create_task_group() as tg:
-        with anyio.move_on_after(0.05):
-            tg.start_soon(waiter, results)  # queues behind the second fetch
+        with anyio.CancelScope() as scope:
+            tg.start_soon(waiter, results)
+            tg.start_soon(cancel_once_queued, scope)
             await cache.get()  # the second fetch, cancelled while in flight
+        assert scope.cancelled_caught
     assert results == ["fresh-token-value"]
     assert calls == 3
