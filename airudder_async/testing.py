@@ -3,7 +3,7 @@ FakeAirudder: a real AIRUDDER look-alike HTTP server on 127.0.0.1 for your tests
 
 ```python
 async with FakeAirudder(workflows=500) as fake, fake.client() as client:
-    fake.inject(Fault.status(503), on=2)          # the 2nd instancelist request fails once
+    fake.inject(Fault.http_status(503), on=2)     # the 2nd instancelist request fails once
     ids = [wf.workflow_id async for wf in client.iter_workflows()]
 assert ids == fake.workflow_ids()
 ```
