@@ -160,10 +160,13 @@ def workflow(name: str = "n", **times: datetime | None) -> Workflow:
 
 # -- lone surrogates in server text -------------------------------------------------------------------
 
-ANY_TEXT = st.text(st.one_of(st.characters(), st.characters(codec=None, categories=["Cs"])))
+# st.text() rarely yields surrogates even from such an alphabet: join the characters ourselves.
+ANY_TEXT = st.lists(st.one_of(st.characters(), st.characters(codec=None, categories=["Cs"]))).map("".join)
+# What a JSON decoder can hand over: adjacent escapes of a high and a low surrogate become one character.
+DECODED_TEXT = ANY_TEXT.map(lambda text: json.loads(json.dumps(text)))
 
 
-@given(names=st.lists(ANY_TEXT, max_size=5))
+@given(names=st.lists(DECODED_TEXT, max_size=5))
 def test_encode_jsonl_round_trips_any_text(names: list[str]) -> None:
     """Every line encode_jsonl writes is JSON that reads back to to_dict(), lone surrogates included."""
     items = [workflow(name) for name in names]
