@@ -186,7 +186,8 @@ class Gate:
     Holds requests at the fake server until you `release()` it; `FakeAirudder.gate()` makes one.
 
     A held request is recorded and counted (`hits()`, `wait_for_hits()`) but not answered: no latency,
-    fault or handler runs until the gate opens. A gate opens once and stays open.
+    fault or handler runs until the gate opens. A gate opens once and stays open. *held* counts the
+    requests waiting at it now; *is_open* tells whether it was released.
     """
 
     def __init__(self) -> None:
