@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import BinaryIO, TextIO
@@ -42,8 +42,9 @@ import anyio.to_thread
 from . import _json
 from ._client import AirudderClient
 from ._pagination import WorkflowIterator
+from ._time import format_time
 from .errors import AirudderError
-from .models import Cursor, Workflow, _iso
+from .models import Cursor, Workflow
 
 fcntl: ModuleType | None
 try:
@@ -109,8 +110,8 @@ def aware_time(text: str) -> datetime:
     if value.utcoffset() is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: add Z or an offset like +07:00")
     try:
-        value.astimezone(UTC)
-    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        format_time(value, "utc")
+    except ValueError:  # e.g. 0001-01-01T00:00:00+01:00 is in year 0 in UTC
         raise argparse.ArgumentTypeError(f"{text!r} is outside the range of UTC times") from None
     return value
 
@@ -169,12 +170,6 @@ def _fail(stderr: TextIO, exc: BaseException) -> None:
 # -- output -------------------------------------------------------------------------------------------
 
 
-def _utc(value: datetime | None) -> str:
-    if value is None:
-        return ""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def encode_jsonl(items: Sequence[Workflow]) -> bytes:
     """
     Return *items* as JSON lines, one `Workflow.to_dict()` each; a line holding a lone surrogate is
@@ -224,10 +219,11 @@ def encode_csv(items: Sequence[Workflow], *, header: bool = False) -> bytes:
 
 
 def _time_cell(value: datetime | None) -> str:
+    if value is None:
+        return ""
     try:
-        return _utc(value)
-    except (OverflowError, ValueError):  # no UTC equivalent (year 1 or 9999 near the edge): as sent
-        assert value is not None  # only a time can be out of range
+        return format_time(value, "utc")
+    except ValueError:  # no UTC equivalent (year 1 or 9999 near the edge): as sent
         return value.isoformat()
 
 
@@ -358,14 +354,14 @@ def _target(it: WorkflowIterator, max_items: int | None) -> int | None:
 # -- checkpoint ---------------------------------------------------------------------------------------
 
 
-def _iso_or_none(value: datetime | None) -> str | None:
-    return None if value is None else _iso(value.astimezone(UTC))
+def _utc_or_none(value: datetime | None) -> str | None:
+    return None if value is None else format_time(value, "utc")
 
 
 def _filters(args: argparse.Namespace) -> dict[str, object]:
     return {
-        "since": _iso_or_none(args.since),
-        "until": _iso_or_none(args.until),
+        "since": _utc_or_none(args.since),
+        "until": _utc_or_none(args.until),
         "page_size": args.page_size,
         "max_items": args.max_items,
     }
@@ -411,8 +407,8 @@ class Checkpoint:
             if not isinstance(cursor_data, dict) or type(offset) is not int or offset < 0:
                 raise ValueError("cursor or offset missing")
             cursor = Cursor.from_dict(cursor_data)
-            _iso_or_none(cursor.start_time)  # both must convert to UTC for the requests
-            _iso_or_none(cursor.end_time)
+            _utc_or_none(cursor.start_time)  # both must convert to UTC for the requests
+            _utc_or_none(cursor.end_time)
         except (ValueError, OverflowError, RecursionError) as exc:
             raise UsageError(f"{path} is not an export checkpoint: {exc}") from None
         wanted = {"format": args.format, **_filters(args)}
