@@ -64,7 +64,7 @@ def _open_connections(client: object) -> int:
 @pytest.mark.anyio
 async def test_break_with_prefetch_leaves_nothing_behind() -> None:
     """`break` after the first item with prefetch 8 leaves no pending task or busy connection."""
-    async with FakeAirudder(workflows=5000) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
         gate = fake.gate(INSTANCELIST_PATH, after=1)  # page 1 is answered, the prefetched pages wait
         async for _wf in client.iter_workflows(page_size=100, prefetch=8):
             await gate.wait_held(8)  # the prefetch requests are out, and unanswered
@@ -82,7 +82,7 @@ async def test_break_with_prefetch_leaves_nothing_behind() -> None:
 @pytest.mark.anyio
 async def test_dropped_walk_cancels_only_the_pages_in_flight() -> None:
     """A walk dropped with some prefetched pages answered and others in flight stops those in flight."""
-    async with FakeAirudder(workflows=5000) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
         gate = fake.gate(INSTANCELIST_PATH, after=3)  # page 1 and the first two prefetched pages pass
         walk = client.iter_workflows(page_size=100, prefetch=8)
         await walk.__anext__()
@@ -105,7 +105,7 @@ async def test_dropped_walk_cancels_only_the_pages_in_flight() -> None:
 @pytest.mark.anyio
 async def test_aclose_stops_in_flight_requests() -> None:
     """aclose() cancels prefetch requests and waits until they are gone."""
-    async with FakeAirudder(workflows=5000) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
         gate = fake.gate(INSTANCELIST_PATH, after=1)
         walk = client.iter_workflows(page_size=100, prefetch=8)
         async with aclosing(walk):
