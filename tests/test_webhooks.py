@@ -9,6 +9,8 @@ import json
 import logging
 import math
 import pickle
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -520,7 +522,10 @@ async def test_dedupe_size_evicts_oldest_over_http() -> None:
     """With room for two bodies, a third evicts the first, which is then delivered again."""
     inbox = Inbox()
     bodies = [with_extra(LIST_COMPLETION, case_id=f"case-{i}") for i in range(3)]
-    async with serve(webhook_app(inbox, limits=WebhookLimits(dedupe_size=2))) as base, aiohttp.ClientSession() as session:
+    async with (
+        serve(webhook_app(inbox, limits=WebhookLimits(dedupe_size=2))) as base,
+        aiohttp.ClientSession() as session,
+    ):
         for body in [*bodies, bodies[0], bodies[0], bodies[2]]:
             assert (await post(session, base + PATH, body))[0] == 200
     assert [e.case_id for e in inbox.events if isinstance(e, ListCompletionEvent)] == [
@@ -534,7 +539,10 @@ async def test_dedupe_size_evicts_oldest_over_http() -> None:
 async def test_dedupe_can_be_turned_off() -> None:
     """With dedupe_size=0 every delivery reaches the callback."""
     inbox = Inbox()
-    async with serve(webhook_app(inbox, limits=WebhookLimits(dedupe_size=0))) as base, aiohttp.ClientSession() as session:
+    async with (
+        serve(webhook_app(inbox, limits=WebhookLimits(dedupe_size=0))) as base,
+        aiohttp.ClientSession() as session,
+    ):
         for _ in range(2):
             await post(session, base + PATH, STATUS_CHANGE)
     assert len(inbox.events) == 2
@@ -757,7 +765,10 @@ async def test_shutdown_timeout_cancels_stuck_callbacks(caplog: pytest.LogCaptur
         await anyio.Event().wait()
 
     with anyio.fail_after(5):
-        async with serve(webhook_app(stuck, limits=WebhookLimits(shutdown_timeout=0))) as base, aiohttp.ClientSession() as session:
+        async with (
+            serve(webhook_app(stuck, limits=WebhookLimits(shutdown_timeout=0))) as base,
+            aiohttp.ClientSession() as session,
+        ):
             await post(session, base + PATH, STATUS_CHANGE)
             await started.wait()
     assert any("cancelled at shutdown" in r.getMessage() for r in caplog.records if r.name == LOGGER)
@@ -882,7 +893,7 @@ def test_invalid_limits_are_value_errors(kwargs: dict[str, Any]) -> None:
 
 def test_limits_defaults_and_edges() -> None:
     """The documented defaults hold, and the edges of each range are accepted."""
-    assert DEFAULT_WEBHOOK_LIMITS == WebhookLimits()
+    assert WebhookLimits() == DEFAULT_WEBHOOK_LIMITS
     assert attrs.asdict(DEFAULT_WEBHOOK_LIMITS) == {
         "max_body_size": 1_048_576,
         "body_timeout": 10.0,
@@ -910,3 +921,21 @@ def test_limits_of_another_type_are_a_type_error() -> None:
 def _typed(callback: Callable[[WebhookEvent], Awaitable[None]]) -> None:
     """Type-checks that an async function of WebhookEvent is an accepted callback."""
     webhook_app(callback)
+
+
+def test_importing_webhooks_leaves_the_api_converter_alone() -> None:
+    """Importing the webhook modules registers no hook on the converter that reads API answers."""
+    code = """
+import airudder_async._convert as convert
+calls = []
+for name in dir(convert.converter):
+    if name.startswith("register_"):
+        setattr(convert.converter, name, lambda *a, _name=name, **k: calls.append(_name))
+import airudder_async.webhooks as webhooks
+import airudder_async._webhook_models as models
+assert calls == [], calls
+assert models._converter is not convert.converter
+assert not hasattr(models, "converter") and not hasattr(webhooks, "converter")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
