@@ -361,11 +361,13 @@ class AirudderClient:
             self._state = "closed"
             return
         self._state = "closed"
+        stop, owner = self._stop, self._owner
+        assert stop is not None  # both are set by __aenter__ with the "open" state
+        assert owner is not None
         try:
-            if self._stop is not None and self._owner is not None:
-                self._stop.set()
-                with anyio.CancelScope(shield=True):
-                    await self._owner
+            stop.set()
+            with anyio.CancelScope(shield=True):
+                await owner
         finally:
             if self._session is not None:
                 await self._session.close()

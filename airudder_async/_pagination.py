@@ -355,9 +355,8 @@ class WorkflowIterator:
         """Keep up to *prefetch* pages requested ahead of the one being read; tell if any was added."""
         if self._prefetch <= 1 or self._tg is None or self._exhausted or self._finished:
             return False
-        if self._last_planned is None:
-            return False
         limit = self._last_planned
+        assert limit is not None  # set by the first page, which every call here follows
         added = False
         while len(self._slots) < self._prefetch and self._next_request <= limit:
             slot = _Slot(self._next_request)

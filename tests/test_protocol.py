@@ -16,7 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from airudder_async import _json
+from airudder_async._auth import token_from
 from airudder_async._config import RetryPolicy
+from airudder_async._convert import rows, structure_items
 from airudder_async._protocol import (
     REDACT_DEPTH,
     TEXT_LIMIT,
@@ -44,6 +46,7 @@ from airudder_async.errors import (
     ServerError,
     TransportError,
 )
+from airudder_async.models import Workflow
 
 POLICY = RetryPolicy(attempts=4, backoff_initial=1.0, backoff_max=8.0, retry_after_max=60.0)
 
@@ -354,3 +357,63 @@ def test_errors_from_error_for_pickle() -> None:
         assert type(pickle.loads(pickle.dumps(err))) is type(err)
     assert isinstance(api(403), AuthenticationError)
     assert isinstance(api(429), RateLimitedError)
+
+
+# -- the remaining branches of the pure helpers ---------------------------------------------------------
+
+
+def test_depth_scan_falls_back_to_one_linear_pass_for_crafted_input() -> None:
+    """A comb whose teeth survive the peeling rounds is measured by the linear pass, both ways."""
+    tooth = b"[" * 9 + b"]" * 9
+    deep_comb = (b"[" + tooth) * 25 + b"]" * 25  # 34 levels, no run of more than 10 opening brackets
+    assert _json.depth_exceeds(deep_comb, 20) is True
+    shallow = b"[" * 15 + b"]" * 15  # 15 levels: too long to skip, too shallow to fail
+    assert _json.depth_exceeds(shallow, 20) is False
+
+
+def test_stdlib_decoder_paths() -> None:
+    """The stdlib decoder refuses deep and malformed documents with a short, chain-free JSONDecodeError."""
+    for bad, reason in [(b"[" * 2000 + b"]" * 2000, "deeper"), (b'{"a": 1', "delimiter"), (b"\xff", "codec")]:
+        with pytest.raises(_json.JSONDecodeError, match=reason) as info:
+            _json._stdlib_loads(bad)
+        assert info.value.__context__ is None
+    assert _json._stdlib_dumps({"a": "é"}) == '{"a":"é"}'.encode()
+
+
+def test_stdlib_decoder_recursion_limit_is_typed() -> None:
+    """Where the interpreter's own limit is lower than MAX_DEPTH (3.11), the failure is still typed."""
+    doc = b"[" * 1020 + b"]" * 1020
+    try:
+        value = _json._stdlib_loads(doc)
+    except _json.JSONDecodeError as exc:
+        assert "interpreter" in str(exc)
+    else:
+        assert isinstance(value, list)
+
+
+def test_retry_after_date_without_zone_is_utc() -> None:
+    """An HTTP date with a `-0000` zone (no zone information) is read as UTC."""
+    now = datetime(2026, 12, 2, 18, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("Wed, 02 Dec 2026 18:00:10 -0000", now=now) == 10.0
+
+
+def test_auth_answer_without_a_token_is_a_decode_error() -> None:
+    """An auth answer whose data has no usable token is a DecodeError naming `data.token`."""
+    for data in ({}, {"token": ""}, {"token": 5}, [], None):
+        with pytest.raises(DecodeError) as info:
+            token_from(data)
+        assert info.value.field_path == "data.token"
+        assert (info.value.method, info.value.path) == ("POST", "/service/cloud/auth")
+    assert token_from({"token": "t"}) == "t"
+
+
+def test_rows_and_items_of_undocumented_shapes() -> None:
+    """Rows come from a list `data` or its known keys; a list item that is not an object is a DecodeError."""
+    assert rows([{"a": 1}, 2], whole=False) == ({"a": 1},)
+    assert rows({"records": [{"b": 1}]}, whole=False) == ({"b": 1},)
+    assert rows({"x": 1}, whole=True) == ({"x": 1},)
+    assert rows("text", whole=True) == ()
+    with pytest.raises(DecodeError) as info:
+        structure_items(Workflow, [1], "data.lists")
+    assert info.value.field_path == "data.lists[0]"
+    assert "expected an object" in str(info.value)

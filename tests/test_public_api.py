@@ -133,3 +133,12 @@ def test_cli_and_webhooks_are_not_imported_by_the_package() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_lazy_names_are_listed_and_cached() -> None:
+    """`dir()` lists the lazily imported names, and the first access caches them on the module."""
+    assert {"AirudderClient", "WorkflowIterator", "RequestOptions"} <= set(dir(airudder_async))
+    first = airudder_async.AirudderClient
+    assert vars(airudder_async)["AirudderClient"] is first
+    with pytest.raises(AttributeError):
+        airudder_async.NoSuchName  # noqa: B018 - the access is the test

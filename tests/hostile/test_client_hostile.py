@@ -452,6 +452,12 @@ def test_base_url_that_could_misdirect_the_secret_is_refused(url: str) -> None:
         AirudderClient(app_key=APP_KEY, app_secret=SECRET, base_url=url)
 
 
+def test_base_url_must_be_a_string() -> None:
+    """A base URL of another type (bytes, a yarl URL) is a TypeError before anything else."""
+    with pytest.raises(TypeError, match="base_url must be a str"):
+        AirudderClient(app_key=APP_KEY, app_secret=SECRET, base_url=b"https://x")  # type: ignore[arg-type]  # the wrong type is the test
+
+
 @pytest.mark.parametrize(
     "path",
     ["/service/../auth", "/service/./x", "/a?b=1", "/a#b", "/a/%2e%2e/b", "/a//b", "relative", "/a/", "/a b"],
