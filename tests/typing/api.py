@@ -97,3 +97,28 @@ async def batches_and_webhooks() -> None:
     app.add_subapp("/hooks", webhook_app(on_event, kind=WebhookKind.STATUS_CHANGE, verify_signature=verify))
     event = parse_webhook(b'{"workflow_id": "w", "workflow_name": "n", "status": "s", "actions": []}')
     del event
+
+
+async def options_and_limits() -> None:
+    from airudder_async import ClientOptions, RequestOptions, Response
+    from airudder_async.errors import ResponseTooLargeError
+
+    options: ClientOptions = {"limits": Limits(max_response_size=1_000_000), "retry": DEFAULT_RETRY}
+    call: RequestOptions = {"params": {"page": 1}, "idempotent": True}
+    async with AirudderClient.from_env(
+        {"AIRUDDER_APP_KEY": "k", "AIRUDDER_APP_SECRET": "s"}, **options
+    ) as client:
+        try:
+            full: Response = await client.request_full("GET", "/service/cloud/workflow/instancelist", **call)
+            status: int = full.status
+            del status
+        except ResponseTooLargeError as exc:
+            limit: int = exc.limit
+            del limit
+        timeouts: Timeouts = client.timeouts
+        del timeouts
+
+
+def configuration_is_read_only(client: AirudderClient) -> None:
+    # strict mypy warns about unused ignores, so this line proves the assignment is a type error too.
+    client.retry = DEFAULT_RETRY  # type: ignore[misc]  # Final: the configuration is read-only
