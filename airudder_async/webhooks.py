@@ -251,7 +251,8 @@ class WebhookHandler:
             logger.exception("webhook callback raised on a %s event (already answered 200)", event.kind)
         finally:
             self._pending -= 1
-            self._large -= large
+            if large:
+                self._large -= 1
 
     def _task_group(self) -> TaskGroup | None:
         # A method, not the attribute, so that the check after an await is not narrowed away.
