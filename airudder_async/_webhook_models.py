@@ -86,7 +86,8 @@ def _at_least(minimum: int) -> Callable[[object, attrs.Attribute[Any], int], Non
 
 def _seconds(*, allow_zero: bool) -> Callable[[object, attrs.Attribute[Any], float], None]:
     def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-        if not isinstance(value, int | float) or not (value >= 0 if allow_zero else value > 0):
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not is_number or not (value >= 0 if allow_zero else value > 0):
             bound = ">= 0" if allow_zero else "> 0"
             raise ValueError(f"{attr.name} must be a number of seconds {bound}, got {value!r}")
 

@@ -28,7 +28,8 @@ supply your own check.
 | 413 | the body is larger than *max_body_size* |
 | 415 | the content type is not `application/json` (a `charset` parameter is fine) |
 | 500 | *verify_signature* raised (logged) |
-| 503 | busy: *max_pending* callbacks pending, or *max_large_bodies* large bodies in progress; or the handler is not running (not started, or shutting down) |
+| 503 | busy: *max_pending* callbacks pending, or *max_large_bodies* large bodies in progress |
+| 503 | the receiver is not running: not started, or shutting down |
 
 A JSON object that does not fit the model of its kind is not refused (AIRUDDER's retries could not
 fix it): it is delivered as a `GenericEvent` whose *decode_error* says why, with a WARNING log line.
@@ -37,12 +38,14 @@ Every bound is a field of `WebhookLimits` (pass `limits=`), so one body costs bo
 and a flood gets 503s instead of piling up: see its docstring for the defaults. Every refusal is a
 WARNING log line, and no error text (log, answer, *decode_error*) exceeds 1 KiB.
 
-**Set a header timeout on your server.** The handler only runs once the request headers are complete,
-so it cannot time out a client that sends them slowly. aiohttp closes such a connection after its
-`keepalive_timeout` (in versions with aio-libs/aiohttp#13681, such as 3.14.5; 3630 seconds by default
-in `web.AppRunner`, 75 in `web.run_app`): pass a short one, `web.run_app(app, keepalive_timeout=15)` or
-`web.AppRunner(app, keepalive_timeout=15)`. Older aiohttp versions time out only idle keep-alive
-connections: put a proxy with a header timeout (nginx `client_header_timeout`) in front.
+**Give your server a header timeout and small read buffers.** The handler only runs once the request
+headers are complete, so it cannot time out a client that sends them slowly, and aiohttp buffers up to
+twice `read_bufsize` of each body before the handler reads it (512 KiB with aiohttp 3.14's default).
+Run the app with `web.run_app(app, keepalive_timeout=15, read_bufsize=16_384)`, or pass the same to
+`web.AppRunner`. aiohttp closes a connection whose headers are not complete within `keepalive_timeout`
+in versions with aio-libs/aiohttp#13681 (3.14.5 has it; the default is 3630 seconds in `web.AppRunner`
+and 75 in `web.run_app`); with older ones, put a proxy with a header timeout (nginx
+`client_header_timeout`) in front.
 """
 
 from __future__ import annotations
@@ -406,7 +409,7 @@ def webhook_app(
     Build an aiohttp app that receives webhooks on POST *path*; mount it with `add_subapp()` or run it.
 
     **No signature is checked by default**: see `webhook_handler()` for *verify_signature* and the
-    other arguments. Also set a header timeout on your server (see this module's docstring).
+    other arguments. Also give your server a header timeout (see this module's docstring).
 
     Example:
         app.add_subapp("/hooks", webhook_app(on_event))  # POST /hooks/airudder/webhook

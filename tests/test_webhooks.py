@@ -873,6 +873,7 @@ def test_huge_integer_for_a_string_field_is_a_decode_error() -> None:
         {"max_body_size": True},
         {"body_timeout": 0},
         {"body_timeout": "1"},
+        {"body_timeout": True},
         {"max_depth": 0},
         {"max_depth": 257},
         {"max_items": 0},
