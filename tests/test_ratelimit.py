@@ -81,22 +81,22 @@ def test_token_bucket_lets_a_burst_through() -> None:
 
 @pytest.mark.anyio
 async def test_budget_holds_observed_rate() -> None:
-    """With a budget of R req/s the server sees at most R·window + burst requests in any window."""
-    rate, burst = 40.0, 2
+    """With a budget of R req/s and a burst of B, N concurrent calls reach the server over (N - B)/R s."""
+    rate, burst, n = 100.0, 2, 30
     async with (
         FakeAirudder(workflows=3) as fake,
         fake.client(limits=Limits(requests_per_second=rate, burst=burst, max_in_flight=8)) as client,
     ):
         async with anyio.create_task_group() as tg:
-            for _ in range(30):
+            for _ in range(n):
                 tg.start_soon(client.list_workflows)
         waited = client.stats.budget_wait
     times = sorted(r.at for r in fake.requests if r.path == INSTANCELIST_PATH)
-    assert len(times) == 30
-    slack = 0.015  # loopback scheduling jitter between the client's send and the server's clock
-    for i, start in enumerate(times):
-        for j in range(i, len(times)):
-            assert j - i + 1 <= rate * (times[j] - start + slack) + burst + 1
+    assert len(times) == n
+    # B go at once, then one every 1/R s. A stalled event loop can only spread them out further (and
+    # then release a clump: so the bound is on the whole span, by the server's clock; the per-window
+    # bound is the pure TokenBucket property above).
+    assert times[-1] - times[0] >= (n - burst) / rate - 0.005
     assert waited > 0
 
 
