@@ -25,7 +25,7 @@ async def test_secret_and_token_never_leak(caplog: pytest.LogCaptureFixture) -> 
         async with fake.client(retry=RetryPolicy(attempts=2, backoff_initial=0)) as client:
             with caplog.at_level(logging.DEBUG):
                 await client.list_workflows()
-                token = client._transport.auth._token  # type: ignore[union-attr]  # open client
+                token = client._loop.auth.token  # type: ignore[union-attr]  # open client
                 assert token
                 fake.inject(Fault.http_status(503), Fault.http_status(503), on=1)
                 fake.inject(Fault.http_status(503), on=2)
@@ -46,8 +46,8 @@ async def test_secret_and_token_never_leak(caplog: pytest.LogCaptureFixture) -> 
                 walk = client.iter_workflows()
                 texts += [
                     repr(client),
-                    repr(client._transport),
-                    repr(client._transport.auth),
+                    repr(client._loop),
+                    repr(client._loop.auth),
                     repr(walk),
                     repr(client.stats),
                     repr(fake),
