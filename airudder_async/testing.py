@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, Unpack
 
 import aiohttp
 import anyio
@@ -53,9 +53,10 @@ from ._client import (
     INSTANCELIST_PATH,
     TASKDETAIL_PATH,
     AirudderClient,
+    ClientOptions,
 )
-from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, Limits, RetryPolicy, Timeouts
-from .models import RequestEvent
+from ._config import RetryPolicy
+from ._time import format_time
 
 __all__ = [
     "APINOTICEINFO_PATH",
@@ -230,10 +231,6 @@ class Gate:
             self.held -= 1
 
 
-def _iso(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def make_workflows(
     n: int, *, seed: int = 0, newest: datetime = _BASE_TIME, step: float = 37.0, start_index: int = 0
 ) -> list[dict[str, object]]:
@@ -252,11 +249,11 @@ def make_workflows(
                 "workflow_id": f"{rng.getrandbits(64):016x}{index:08x}",
                 "name": f"wf-{index}",
                 "template_name": f"template-{index % 5}",
-                "start_time": None if started is None else _iso(started),
-                "end_time": None if ended is None else _iso(ended),
+                "start_time": None if started is None else format_time(started, "utc"),
+                "end_time": None if ended is None else format_time(ended, "utc"),
                 "total": rng.randint(0, 5000),
                 "status": _STATUSES[index % len(_STATUSES)],
-                "create_time": _iso(created),
+                "create_time": format_time(created, "utc"),
             }
         )
     return out
@@ -398,7 +395,7 @@ class FakeAirudder:
             "end_time": fields.get("end_time"),
             "total": 0,
             "status": "running",
-            "create_time": _iso(created),
+            "create_time": format_time(created, "utc"),
         }
         self._workflows.insert(0, wf)
         self._keys.insert(0, -_parse_ts(wf))
@@ -518,33 +515,15 @@ class FakeAirudder:
         if runner is not None:
             await runner.cleanup()
 
-    def client(
-        self,
-        *,
-        session: aiohttp.ClientSession | None = None,
-        timeouts: Timeouts = DEFAULT_TIMEOUTS,
-        limits: Limits = DEFAULT_LIMITS,
-        retry: RetryPolicy = FAKE_RETRY,
-        user_agent: str | None = None,
-        event_hook: Callable[[RequestEvent], object] | None = None,
-    ) -> AirudderClient:
+    def client(self, **options: Unpack[ClientOptions]) -> AirudderClient:
         """
         Return an `AirudderClient` for this server: its credentials and URL, and by default retries
-        without backoff waits (`FAKE_RETRY`), so tests never sleep.
+        without backoff waits (`FAKE_RETRY`), so tests never sleep. *options* are the client's others.
         """
         if not self.url:
             raise RuntimeError("start the FakeAirudder (async with) before asking for a client")
-        return AirudderClient(
-            app_key=self.app_key,
-            app_secret=self.app_secret,
-            base_url=self.url,
-            session=session,
-            timeouts=timeouts,
-            limits=limits,
-            retry=retry,
-            user_agent=user_agent,
-            event_hook=event_hook,
-        )
+        options.setdefault("retry", FAKE_RETRY)
+        return AirudderClient(app_key=self.app_key, app_secret=self.app_secret, base_url=self.url, **options)
 
     # -- webhooks --------------------------------------------------------------------------------------
 

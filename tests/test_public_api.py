@@ -61,6 +61,7 @@ PUBLIC = {
         "FAKE_RETRY",
         "FakeAirudder",
         "Fault",
+        "Gate",
         "INSTANCELIST_PATH",
         "RecordedRequest",
         "TASKDETAIL_PATH",
