@@ -122,3 +122,16 @@ async def options_and_limits() -> None:
 def configuration_is_read_only(client: AirudderClient) -> None:
     # strict mypy warns about unused ignores, so this line proves the assignment is a type error too.
     client.retry = DEFAULT_RETRY  # type: ignore[misc]  # Final: the configuration is read-only
+
+
+async def gated() -> None:
+    from airudder_async.testing import INSTANCELIST_PATH, Gate
+
+    async with FakeAirudder(workflows=50) as server, server.client() as client:
+        gate: Gate = server.gate(INSTANCELIST_PATH, after=1)
+        walk = client.iter_workflows(page_size=10, prefetch=4)
+        await walk.__anext__()
+        await gate.wait_held(4)
+        await server.wait_for_hits("GET", INSTANCELIST_PATH, 5)
+        gate.release()
+        await walk.aclose()
