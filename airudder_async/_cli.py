@@ -565,13 +565,7 @@ async def _workflows(
         stdout.write(encode_jsonl(items))
         stdout.flush()
 
-    it = client.iter_workflows(
-        start_time=args.since,
-        end_time=args.until,
-        page_size=args.page_size,
-        max_items=args.max_items,
-        prefetch=args.prefetch,
-    )
+    it = _new_walk(client, args)
     try:
         async with it:
             await _pump(it, commit, progress, args.max_items)
@@ -616,6 +610,17 @@ def _open_locked(path: Path, flags: int, mode: int, busy: str) -> tuple[int, boo
         os.close(fd)
         raise
     return fd, True
+
+
+def _new_walk(client: AirudderClient, args: argparse.Namespace) -> WorkflowIterator:
+    """The walk the walk options in *args* describe, from its start."""
+    return client.iter_workflows(
+        start_time=args.since,
+        end_time=args.until,
+        page_size=args.page_size,
+        max_items=args.max_items,
+        prefetch=args.prefetch,
+    )
 
 
 def _open_output(path: Path, resume: Checkpoint | None, stderr: TextIO) -> BinaryIO:
@@ -708,13 +713,7 @@ async def _export(
         remaining = max(0, remaining - resume.cursor.received)
     await stack.enter_async_context(client)
     if resume is None:
-        it = client.iter_workflows(
-            start_time=args.since,
-            end_time=args.until,
-            page_size=args.page_size,
-            max_items=args.max_items,
-            prefetch=args.prefetch,
-        )
+        it = _new_walk(client, args)
     else:
         it = client.iter_workflows(cursor=resume.cursor, prefetch=args.prefetch, max_items=remaining or None)
     stack.push_async_callback(it.aclose)
