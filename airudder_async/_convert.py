@@ -95,24 +95,28 @@ _detailed: dict[type[Any], Callable[[Any, Any], Any]] = {}
 converter.register_structure_hook(Workflow, lambda d, _t: _fast[Workflow](d))
 
 
-def _slow(cls: type[T], item: object, path: str) -> T:
-    """Structure *item* with detailed validation, turning a failure into a DecodeError with its path."""
+def _explain(cls: type[Any], item: object, path: str) -> DecodeError:
+    """
+    Say why *item* did not fit *cls*, running cattrs' detailed validation for the field path.
+
+    Only called after the fast path refused *item*; both apply the same rules, so the detailed run
+    fails too (should it not, the error still names the item).
+    """
     fn = _detailed.get(cls)
     if fn is None:
         fn = _detailed[cls] = make_dict_structure_fn(cls, converter, _cattrs_detailed_validation=True)
+    detail, field_path = "refused by the fast path", path
     try:
         if not isinstance(item, dict):
             raise TypeError(f"expected an object, got {type(item).__name__}")
-        result: T = fn(item, cls)
+        fn(item, cls)
     except cattrs.BaseValidationError as exc:
         detail = "; ".join(cattrs.transform_error(exc, path=path))
         _, sep, tail = detail.partition(" @ ")
         field_path = tail.split(";", 1)[0].strip() if sep else path
     except (TypeError, ValueError, KeyError) as exc:
-        detail, field_path = f"{exc} @ {path}", path
-    else:
-        return result
-    raise DecodeError(f"answer did not fit {cls.__name__}: {clip(detail)}", field_path=clip(field_path, 200))
+        detail = f"{exc} @ {path}"
+    return DecodeError(f"answer did not fit {cls.__name__}: {clip(detail)}", field_path=clip(field_path, 200))
 
 
 def structure_items(cls: type[T], items: object, path: str) -> list[T]:
@@ -134,7 +138,7 @@ def _one(cls: type[T], fast: Callable[[Any], T], item: object, path: str) -> T:
         return fast(item)
     except (TypeError, ValueError, KeyError, AttributeError):
         pass
-    return _slow(cls, item, path)  # outside the except block: nothing chained to the DecodeError
+    raise _explain(cls, item, path)  # outside the except block: nothing chained to the DecodeError
 
 
 MAX_COUNT = 2**63 - 1  # a larger `count` is no real total, and would overflow page arithmetic
