@@ -81,7 +81,7 @@ def serve(slow: bool, advised: bool) -> None:
             await asyncio.sleep(3600)
 
     async def run() -> None:
-        buffers = {"read_bufsize": 16_384} if advised else {}
+        buffers: dict[str, Any] = {"read_bufsize": 16_384} if advised else {}
         runner = web.AppRunner(webhook_app(callback), keepalive_timeout=15, **buffers)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
