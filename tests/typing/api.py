@@ -135,3 +135,16 @@ async def gated() -> None:
         await server.wait_for_hits("GET", INSTANCELIST_PATH, 5)
         gate.release()
         await walk.aclose()
+
+
+def webhook_limits() -> None:
+    from aiohttp import web
+
+    from airudder_async.webhooks import DEFAULT_WEBHOOK_LIMITS, WebhookEvent, WebhookLimits, webhook_app
+
+    async def on_event(event: WebhookEvent) -> None:
+        del event
+
+    limits: WebhookLimits = attrs.evolve(DEFAULT_WEBHOOK_LIMITS, max_pending=500, body_timeout=5.0)
+    app: web.Application = webhook_app(on_event, limits=limits)
+    del app
