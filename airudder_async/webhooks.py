@@ -88,6 +88,7 @@ from ._webhook_models import (
 )
 from .errors import DecodeError
 
+# The public home of the names defined in `_webhook_models.py`: this list deliberately repeats theirs.
 __all__ = [
     "DEFAULT_WEBHOOK_LIMITS",
     "SIGNATURE_HEADER",
