@@ -33,7 +33,7 @@ from ._config import (
 )
 from ._convert import ids_in, parse_page, rows, str_or_none
 from ._pagination import WorkflowIterator
-from ._protocol import Response
+from ._protocol import RAW_DEPTH, Response
 from ._session import SendLoop
 from ._time import format_time
 from .errors import DecodeError
@@ -429,6 +429,7 @@ class AirudderClient:
             idempotent=idempotent,
             retry=retry,
             timeouts=timeouts,
+            max_depth=RAW_DEPTH,  # the data goes back as plain JSON: keep repr() and pickle working
         )
 
     # -- workflows -----------------------------------------------------------------------------------

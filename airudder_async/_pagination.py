@@ -302,13 +302,16 @@ class WorkflowIterator:
                 self.shortfall = count - covered
         fresh = self._dedupe(items)
         self._stale_pages = self._stale_pages + 1 if got and not fresh else 0
-        if self._stale_pages >= _MAX_STALE_PAGES and not self._exhausted:
-            # A server that ignores `page` (or clamps it) repeats itself forever: stop, say so.
+        if self._stale_pages and (self._exhausted or self._stale_pages >= _MAX_STALE_PAGES):
+            # A server that ignores `page` (or clamps it) repeats itself: stop, say so, and count
+            # as delivered only what was new, since repeats filled the positions `count` promised.
             self._exhausted = True
+            delivered = self._received_before + self.received
+            self.shortfall = max(self.shortfall, count - delivered)
             logger.warning(
                 "instancelist pages %d to %d brought no new workflow; the server seems to ignore "
                 "`page`, so the walk ends here",
-                page - _MAX_STALE_PAGES + 1,
+                page - self._stale_pages + 1,
                 page,
             )
         self._set_items(fresh)
@@ -319,9 +322,9 @@ class WorkflowIterator:
                     "instancelist promised %d workflows but delivered %d (page %d was %s); "
                     "the walk ends here",
                     count,
-                    covered,
+                    count - self.shortfall,
                     page,
-                    "empty" if got == 0 else "short",
+                    "empty" if got == 0 else ("short" if got < self.page_size else "repeated"),
                 )
 
     def _set_items(self, items: list[Workflow]) -> None:

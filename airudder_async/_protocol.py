@@ -33,6 +33,9 @@ from .errors import (
 )
 
 __all__ = [
+    "RAW_DEPTH",
+    "REDACT_DEPTH",
+    "REDACT_NODES",
     "SAFE_METHODS",
     "TEXT_LIMIT",
     "Response",
@@ -43,6 +46,7 @@ __all__ = [
     "interpret",
     "parse_retry_after",
     "redact",
+    "redact_text",
     "refusal_key",
     "retry_delay",
     "retry_reason",
@@ -52,6 +56,9 @@ __all__ = [
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 TEXT_LIMIT: Final = 1024  # characters of server text kept in a message, a status or a body excerpt
 REDACT_DEPTH: Final = 32  # levels of a body kept in an error; deeper parts are replaced
+REDACT_NODES: Final = 1_000  # values of a body kept in an error; the rest are replaced
+RAW_DEPTH: Final = 256  # nesting of data handed back as plain JSON, so repr() and pickle work on it
+_CODE_RANGE: Final = range(-(2**31), 2**31)  # an envelope `code` outside it is no code at all
 _SECRET_KEYS: Final = frozenset({"token", "appsecret", "app_secret", "authorization", "secret", "password"})
 _REDACTED: Final = "***"
 _TOO_DEEP: Final = "…(nested deeper than 32 levels)"
@@ -81,50 +88,76 @@ def _usable(secrets: Iterable[str | None]) -> tuple[str, ...]:
 
 def redact(value: object, secrets: Iterable[str | None] = ()) -> object:
     """
-    Return *value* with secret-looking keys masked and every known secret scrubbed, keys included.
+    Return a bounded copy of *value*: secret-looking keys masked, every known secret scrubbed (keys
+    included), strings cut to `TEXT_LIMIT`, at most `REDACT_NODES` values and `REDACT_DEPTH` levels.
 
-    Nesting deeper than `REDACT_DEPTH` is replaced by a marker, so the work and the result are bounded.
+    What is left out is replaced by a marker saying so, so the work and the result stay small whatever
+    the answer held.
     """
-    return _redact(value, _usable(secrets), REDACT_DEPTH)
+    return _Redactor(_usable(secrets)).copy(value, REDACT_DEPTH)
 
 
-def _redact(value: object, secrets: tuple[str, ...], depth: int) -> object:
-    if isinstance(value, str):
-        return _scrub(value, secrets)
-    if isinstance(value, dict | list):
+class _Redactor:
+    __slots__ = ("budget", "secrets")
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self.secrets = secrets
+        self.budget = REDACT_NODES
+
+    def copy(self, value: object, depth: int) -> object:
+        self.budget -= 1
+        if isinstance(value, str):
+            return _bounded(value, self.secrets, TEXT_LIMIT)
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+            return describe(value)
+        if not isinstance(value, dict | list):
+            return value
         if depth == 0:
             return _TOO_DEEP
         if isinstance(value, list):
-            return [_redact(v, secrets, depth - 1) for v in value]
+            items: list[object] = []
+            for i, item in enumerate(value):
+                if self.budget <= 0:
+                    items.append(f"…({len(value) - i} more values)")
+                    break
+                items.append(self.copy(item, depth - 1))
+            return items
         out: dict[object, object] = {}
-        for k, v in value.items():
-            key = _scrub(k, secrets) if isinstance(k, str) else k
+        for i, (k, v) in enumerate(value.items()):
+            if self.budget <= 0:
+                out["…"] = f"({len(value) - i} more keys)"
+                break
+            key = _bounded(k, self.secrets, 64) if isinstance(k, str) else k
             hidden = isinstance(k, str) and k.lower() in _SECRET_KEYS
-            out[key] = _REDACTED if hidden else _redact(v, secrets, depth - 1)
+            out[key] = _REDACTED if hidden else self.copy(v, depth - 1)
         return out
-    return value
+
+
+def _bounded(text: str, secrets: tuple[str, ...], limit: int) -> str:
+    if len(text) <= limit:
+        return _scrub(text, secrets)
+    # Scrub a little past the cut, so a secret that spans it is masked whole before cutting.
+    margin = max((len(s) for s in secrets), default=0)
+    head = _scrub(text[: limit + margin], secrets)[:limit]
+    return f"{head}…(cut from {len(text)} characters)"
 
 
 def redact_text(text: str, secrets: Iterable[str | None], limit: int = TEXT_LIMIT) -> str:
     """Scrub secrets from *text*, then clip it: scrubbing first, so a cut cannot expose a secret's prefix."""
-    usable = _usable(secrets)
-    if len(text) <= limit:
-        return _scrub(text, usable)
-    # Scrub a little past the cut, so a secret that spans it is masked whole before cutting.
-    margin = max((len(s) for s in usable), default=0)
-    head = _scrub(text[: limit + margin], usable)[:limit]
-    return f"{head}…(cut from {len(text)} characters)"
+    return _bounded(text, _usable(secrets), limit)
 
 
 def describe(value: object) -> str:
-    """A bounded description of a value from an answer, for an error message: never a deep repr."""
+    """
+    A bounded description of a value from an answer, for an error message: its type and size, never
+    its text (which could echo a secret) nor a deep repr.
+    """
     if value is None or isinstance(value, bool | float):
         return repr(value)
     if isinstance(value, int):
-        text = str(value) if value.bit_length() < 128 else f"an integer of {value.bit_length()} bits"
-        return text
+        return str(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
     if isinstance(value, str):
-        return repr(clip(value, 64))
+        return f"a string of {len(value)} characters"
     return f"a JSON {type(value).__name__}"
 
 
@@ -216,7 +249,7 @@ def interpret(
     shown: object
     if isinstance(parsed, dict):
         raw_code = parsed.get("code")
-        code = raw_code if type(raw_code) is int else None
+        code = raw_code if type(raw_code) is int and raw_code in _CODE_RANGE else None
         raw_status = parsed.get("status")
         envelope_status = redact_text(raw_status, secrets, 64) if isinstance(raw_status, str) else None
         raw_message = parsed.get("message", parsed.get("msg"))

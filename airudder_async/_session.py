@@ -35,6 +35,7 @@ from .errors import (
     AirudderError,
     APIError,
     AuthenticationError,
+    DecodeError,
     RateLimitedError,
     RequestTimeoutError,
     ResponseTooLargeError,
@@ -59,6 +60,7 @@ class _Call:
     may_retry: bool
     policy: RetryPolicy
     timeout: aiohttp.ClientTimeout
+    max_depth: int | None
 
 
 class _Counters:
@@ -178,9 +180,13 @@ class SendLoop:
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
+        max_depth: int | None = None,
     ) -> Response:
         """
         Send one logical call (with its retries, within the policy's deadline); return the answer.
+
+        With *max_depth*, a successful answer nesting deeper is a `DecodeError` (for data handed back
+        as plain JSON; the parser itself stops at `_json.MAX_DEPTH`).
         """
         policy = retry or self.retry
         # An explicit answer from the caller wins; otherwise reads retry, and writes only by policy.
@@ -194,6 +200,7 @@ class SendLoop:
             may_retry=may_retry,
             policy=policy,
             timeout=self._timeout(timeouts),
+            max_depth=max_depth,
         )
         if policy.deadline is None:
             return await self._with_retries(call)
@@ -304,6 +311,8 @@ class SendLoop:
             envelope = interpret(status, resp_headers, raw, secrets=self._secrets(token))
         except AirudderError as exc:
             raise _routed(exc, call)  # noqa: B904 - interpret raises without a chained exception
+        if call.max_depth is not None and _json.depth_exceeds(raw, call.max_depth):
+            raise _routed(DecodeError(f"the answer nests deeper than {call.max_depth} levels"), call)
         return Response(status, resp_headers, envelope)
 
 

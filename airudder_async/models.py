@@ -152,7 +152,9 @@ class Cursor:
         Rebuild a cursor from `to_dict()` output; raise `ValueError` when it is not one.
         """
         if data.get("v") != _CURSOR_VERSION:
-            raise ValueError(f"not a version {_CURSOR_VERSION} cursor: {data.get('v')!r}")
+            v = data.get("v")
+            shown = repr(v) if type(v) is int and abs(v) < 10**6 else f"a {type(v).__name__}"
+            raise ValueError(f"not a version {_CURSOR_VERSION} cursor: v is {shown}")
         try:
             page, page_size, received = data["page"], data["page_size"], data.get("received", 0)
             last = data.get("last_workflow_id")
@@ -183,6 +185,8 @@ class Cursor:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"cursor is not JSON: {exc}") from None
+        except RecursionError:  # a crafted file nested beyond the interpreter's limit
+            data = None
         if not isinstance(data, dict):
             raise ValueError("cursor must be a JSON object")
         return cls.from_dict(data)

@@ -21,6 +21,7 @@ from airudder_async._config import RetryPolicy
 from airudder_async._convert import rows, structure_items
 from airudder_async._protocol import (
     REDACT_DEPTH,
+    REDACT_NODES,
     TEXT_LIMIT,
     backoff_delay,
     clip,
@@ -417,3 +418,19 @@ def test_rows_and_items_of_undocumented_shapes() -> None:
         structure_items(Workflow, [1], "data.lists")
     assert info.value.field_path == "data.lists[0]"
     assert "expected an object" in str(info.value)
+
+
+def test_redact_is_bounded_in_width_and_length() -> None:
+    """A wide or long error body keeps at most REDACT_NODES values and TEXT_LIMIT characters per string."""
+    wide_dict = redact({f"k{i}": i for i in range(5000)})
+    assert isinstance(wide_dict, dict)
+    assert len(wide_dict) <= REDACT_NODES + 1
+    assert wide_dict["…"] == f"({5000 - REDACT_NODES + 1} more keys)"
+    wide_list = redact([[i] for i in range(5000)])
+    assert isinstance(wide_list, list)
+    assert wide_list[-1] == f"…({5000 - REDACT_NODES // 2} more values)"
+    long = redact({"note": "x" * 100_000 + SECRET}, [SECRET])
+    assert isinstance(long, dict)
+    assert len(long["note"]) < TEXT_LIMIT + 64
+    assert redact(10**400) == describe(10**400)
+    assert redact({"n": True, 1: "a"}) == {"n": True, 1: "a"}
