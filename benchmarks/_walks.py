@@ -1,5 +1,6 @@
 """
-The walks the benchmarks time: the library's iter_workflows() and three hand-written sequential loops.
+The walks the benchmarks time: the library's iter_workflows(), three hand-written sequential loops, and
+a plain prefetch window (with and without typed structuring).
 
 Every walk opens its own client, authenticates and sends one warm-up request before the clock starts,
 so the timed part is the walk alone: N items, page after page, each item touched once by the consumer.
@@ -9,7 +10,10 @@ walked, wall seconds, CPU seconds of this process, CPU seconds of the server).
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -126,6 +130,61 @@ def plain_httpx() -> Walk:
                 if not _pages(data["count"], size, items, page, len(lists), n):
                     break
                 page += 1
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            return n, elapsed, cpu, probe() - server_cpu
+
+    return walk
+
+
+def plain_window(k: int, *, typed: bool = False) -> Walk:
+    """
+    Return a plain prefetch window: page 1 alone (for `count`), then K requests in flight, in order.
+
+    The baseline a prefetching walk is measured against: aiohttp, orjson dicts, no pacing, retries or
+    checks. With *typed* each page is also structured into `Workflow` objects the way the library
+    does (its fast path), so the difference to the library is the library's own per-page work.
+    """
+
+    async def walk(server: Server, size: int, items: int, probe: Probe) -> Result:
+        from airudder_async._convert import structure_items
+        from airudder_async.models import Workflow
+
+        url = server["url"] + LIST_PATH
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(k, 8))) as session:
+            creds = {"APPKey": server["app_key"], "APPSecret": server["app_secret"]}
+            async with session.post(server["url"] + AUTH_PATH, json=creds) as resp:
+                token = (await resp.json())["data"]["token"]
+            headers = {"Authorization": f"Token {token}"}
+
+            async def fetch(page: int) -> dict[str, Any]:
+                params = {"page": str(page), "size": str(size)}
+                async with session.get(url, params=params, headers=headers) as resp:
+                    data: dict[str, Any] = orjson.loads(await resp.read())["data"]
+                return data
+
+            await fetch(1)  # warm-up, untimed
+            n = 0
+            server_cpu = probe()
+            started, cpu = time.perf_counter(), time.process_time()
+            first = await fetch(1)
+            last = min(math.ceil(first["count"] / size), math.ceil(items / size))
+            window: deque[asyncio.Task[dict[str, Any]]] = deque()
+            next_page, data = 2, first
+            while True:
+                while len(window) < k and next_page <= last:
+                    window.append(asyncio.ensure_future(fetch(next_page)))
+                    next_page += 1
+                lists = data["lists"]
+                rows = structure_items(Workflow, lists, "data.lists") if typed else lists
+                for _item in rows:
+                    n += 1
+                    if n >= items:
+                        break
+                if n >= items or not window:
+                    break
+                data = await window.popleft()
+            for task in window:
+                task.cancel()
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
             return n, elapsed, cpu, probe() - server_cpu
 

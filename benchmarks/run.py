@@ -155,6 +155,11 @@ def cases() -> dict[str, tuple[_walks.Walk, int | None]]:
         _walks.library(DEFAULT_PREFETCH, by_page=True),
         DEFAULT_PREFETCH,
     )
+    out[f"plain window K={DEFAULT_PREFETCH} (orjson dicts)"] = (_walks.plain_window(DEFAULT_PREFETCH), None)
+    out[f"plain window K={DEFAULT_PREFETCH}, typed"] = (
+        _walks.plain_window(DEFAULT_PREFETCH, typed=True),
+        None,
+    )
     out[REF_JSON] = (_walks.plain_aiohttp("json"), None)
     out[REF_ORJSON] = (_walks.plain_aiohttp("orjson"), None)
     out["httpx + resp.json()"] = (_walks.plain_httpx(), None)
