@@ -14,12 +14,11 @@ import stat
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import attrs
 import pytest
-from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -34,7 +33,7 @@ from airudder_async._cli import (
     write_checkpoint,
 )
 from airudder_async.models import Workflow
-from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault
+from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault, Gate
 
 pytestmark = pytest.mark.anyio
 
@@ -58,31 +57,11 @@ async def cli(*argv: str) -> Run:
     return Run(code, out.getvalue(), err.getvalue())
 
 
-class GatedFake(FakeAirudder):
-    """A FakeAirudder that holds its *hold*-th instancelist answer until `release` is set."""
+class Gated(NamedTuple):
+    """A fake server and the gate that holds its 3rd instancelist answer (and every later one)."""
 
-    def __init__(self, *, hold: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.hold = hold
-        self.arrived = anyio.Event()
-        self.release = anyio.Event()
-        self._seen = 0
-
-    def make_app(self) -> web.Application:
-        """The fake's application with the gate in front of every other middleware."""
-        app = super().make_app()
-        app.middlewares.insert(0, self._gate)
-        return app
-
-    @web.middleware
-    async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path == INSTANCELIST_PATH:
-            self._seen += 1
-            if self._seen == self.hold:
-                self.arrived.set()
-                await self.release.wait()
-        response: web.StreamResponse = await handler(request)
-        return response
+    fake: FakeAirudder
+    gate: Gate
 
 
 def point_at(fake: FakeAirudder, monkeypatch: pytest.MonkeyPatch) -> FakeAirudder:
@@ -100,12 +79,13 @@ def env(fake: FakeAirudder, monkeypatch: pytest.MonkeyPatch) -> FakeAirudder:
 
 
 @pytest.fixture
-async def gated(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[GatedFake]:
+async def gated(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gated]:
     """A fake of 100 workflows that holds the 3rd instancelist answer, in the environment."""
-    async with GatedFake(hold=3, workflows=100) as fake:
+    async with FakeAirudder(workflows=100) as fake:
         point_at(fake, monkeypatch)
-        yield fake
-        fake.release.set()
+        gate = fake.gate(INSTANCELIST_PATH, after=2)
+        yield Gated(fake, gate)
+        gate.release()
 
 
 def jsonl(data: bytes) -> list[dict[str, object]]:
@@ -476,7 +456,7 @@ async def test_an_output_that_is_not_a_regular_file_exits_2(
 
 
 async def during_export(
-    gated: GatedFake, argv: list[str], *others: list[str], meanwhile: Callable[[], object] = list
+    gated: Gated, argv: list[str], *others: list[str], meanwhile: Callable[[], object] = list
 ) -> tuple[Run, list[Run]]:
     """Run export *argv*; while the server holds its 3rd page, call *meanwhile*, run each of *others*."""
     first: list[Run] = []
@@ -486,14 +466,14 @@ async def during_export(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(export)
-        await gated.arrived.wait()
+        await gated.gate.wait_held(1)
         meanwhile()
         runs = [await cli(*other) for other in others]
-        gated.release.set()
+        gated.gate.release()
     return first[0], runs
 
 
-async def test_a_second_export_to_the_same_output_fails_fast(gated: GatedFake, tmp_path: Path) -> None:
+async def test_a_second_export_to_the_same_output_fails_fast(gated: Gated, tmp_path: Path) -> None:
     """While an export runs, a second one to its output, or a resume, exits 2; the first ends whole."""
     out = tmp_path / "wf.jsonl"
     (tmp_path / "link.jsonl").symlink_to(out)
@@ -504,13 +484,11 @@ async def test_a_second_export_to_the_same_output_fails_fast(gated: GatedFake, t
         assert (run.code, run.out) == (2, b"")
         assert run.err.startswith("error: another export is writing ")
     assert (first.code, first.err) == (0, "")
-    assert jsonl(out.read_bytes()) == gated.workflows
+    assert jsonl(out.read_bytes()) == gated.fake.workflows
     assert listdir(tmp_path) == ["link.jsonl", "wf.jsonl"]
 
 
-async def test_two_exports_racing_past_the_checkpoint_check_do_not_mix(
-    gated: GatedFake, tmp_path: Path
-) -> None:
+async def test_two_exports_racing_past_the_checkpoint_check_do_not_mix(gated: Gated, tmp_path: Path) -> None:
     """A second export that finds no checkpoint yet (both started at once) still exits 2 on the lock."""
     out = tmp_path / "wf.jsonl"
     checkpoint = tmp_path / "wf.jsonl.checkpoint.json"
@@ -519,12 +497,12 @@ async def test_two_exports_racing_past_the_checkpoint_check_do_not_mix(
     assert (second.code, second.out) == (2, b"")
     assert second.err.startswith("error: another export is writing ")
     assert (first.code, first.err) == (0, "")
-    assert jsonl(out.read_bytes()) == gated.workflows
+    assert jsonl(out.read_bytes()) == gated.fake.workflows
     assert listdir(tmp_path) == ["wf.jsonl"]
 
 
 async def test_a_second_export_with_the_same_checkpoint_to_stdout_fails_fast(
-    gated: GatedFake, tmp_path: Path
+    gated: Gated, tmp_path: Path
 ) -> None:
     """Two exports to stdout with one --checkpoint: the second exits 2; the first ends whole, no lock left."""
     argv = ["export", "--checkpoint", str(tmp_path / "ck.json"), "--page-size", "10", "--prefetch", "1"]
@@ -532,7 +510,7 @@ async def test_a_second_export_with_the_same_checkpoint_to_stdout_fails_fast(
     assert (second.code, second.out) == (2, b"")
     assert second.err.startswith("error: another export is using the checkpoint ")
     assert (first.code, first.err) == (0, "")
-    assert jsonl(first.out) == gated.workflows
+    assert jsonl(first.out) == gated.fake.workflows
     assert listdir(tmp_path) == []
 
 

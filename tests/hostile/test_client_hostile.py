@@ -1,6 +1,7 @@
 """
 The client against a hostile or broken API server: every answer ends in data or a typed error, in bounded
 time and memory, with no secret in the error, its text, its repr, its pickle or its chained exceptions.
+The last sections keep the findings of a hostile-input review as regression guards.
 
 The server here is written for the occasion (not FakeAirudder): an aiohttp app on 127.0.0.1 whose
 instancelist handler is swapped per test, plus a raw socket server for answers aiohttp would not send.
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import pickle
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import anyio
 import pytest
@@ -23,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airudder_async import AirudderClient, Limits, RetryPolicy, Timeouts
-from airudder_async._protocol import TEXT_LIMIT, interpret
+from airudder_async._protocol import RAW_DEPTH, TEXT_LIMIT, interpret
 from airudder_async.errors import (
     AirudderError,
     APIError,
@@ -33,6 +36,7 @@ from airudder_async.errors import (
     ResponseTooLargeError,
     TransportError,
 )
+from airudder_async.models import Cursor
 
 pytestmark = pytest.mark.anyio
 
@@ -70,6 +74,7 @@ class HostileServer:
 
     def __init__(self) -> None:
         self.handler: Handler = self._ok
+        self.create_handler: Handler = self._ok
         self.url = ""
 
     async def _ok(self, request: web.Request) -> web.StreamResponse:
@@ -83,10 +88,14 @@ class HostileServer:
     async def _list(self, request: web.Request) -> web.StreamResponse:
         return await self.handler(request)
 
+    async def _create(self, request: web.Request) -> web.StreamResponse:
+        return await self.create_handler(request)
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/service/cloud/auth", self._auth)
         app.router.add_get(LIST, self._list)
+        app.router.add_post("/service/cloud/workflow/createinstance", self._create)
         return app
 
 
@@ -139,7 +148,7 @@ async def list_error(url: str, **kwargs: object) -> AirudderError:
     return info.value
 
 
-# -- size, time and shape bounds ------------------------------------------------------------------------
+# -- size, time and shape bounds --------------------------------------------------------------------------
 
 
 async def test_gzip_bomb_stops_at_the_size_cap_in_bounded_memory(hostile: HostileServer) -> None:
@@ -322,7 +331,7 @@ async def test_huge_field_value_error_is_bounded(hostile: HostileServer) -> None
     assert error.field_path.startswith("data.lists[0]")
 
 
-# -- raw socket answers aiohttp's server would not produce ----------------------------------------------
+# -- raw socket answers aiohttp's server would not produce ------------------------------------------------
 
 
 @asynccontextmanager
@@ -369,7 +378,7 @@ async def test_malformed_http_is_a_transport_error(answer: bytes) -> None:
     assert_clean(info.value)
 
 
-# -- fuzzing the answer interpreter ---------------------------------------------------------------------
+# -- fuzzing the answer interpreter -----------------------------------------------------------------------
 
 JSON = st.recursive(
     st.none()
@@ -430,7 +439,7 @@ def test_fuzz_interpret_arbitrary_json(status: int, value: object, nest: int) ->
     check_interpret(status, {}, body)
 
 
-# -- arguments that would misdirect a request -----------------------------------------------------------
+# -- arguments that would misdirect a request -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -518,3 +527,116 @@ async def test_unknown_request_option_is_a_type_error(hostile: HostileServer) ->
         with pytest.raises(TypeError, match="unexpected keyword"):
             await client.request("GET", LIST, parmas={"page": 1})  # type: ignore[call-arg]  # the misspelling is the test
         assert client.stats.requests == 0
+
+
+# -- found by a hostile-input review: secrets -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("echoed", ["token", "secret"])
+async def test_count_echoing_a_secret_is_scrubbed(hostile: HostileServer, echoed: str) -> None:
+    """A 200 OK envelope whose `data.count` is the token (or the APPSecret) leaks neither into the error."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        token = request.headers["Authorization"].removeprefix("Token ")
+        value = token if echoed == "token" else SECRET
+        return web.Response(body=envelope({"count": value, "lists": []}), content_type="application/json")
+
+    hostile.handler = handler
+    error = await list_error(hostile.url)
+    assert isinstance(error, DecodeError)
+    assert error.field_path == "data.count"
+    assert_clean(error)
+
+
+# -- bounds on what an error keeps ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["wide", "long"])
+async def test_error_body_is_bounded_in_size(hostile: HostileServer, shape: str) -> None:
+    """A 500 whose 3 MB body is a million empty objects (or one 3 MB string) leaves a small error behind."""
+    wide, long = b"[" + b"{}," * 999_999 + b"{}]", b'"' + b"x" * 3_000_000 + b'"'
+    data = wide if shape == "wide" else long
+    body = b'{"code": 500, "status": "ERROR", "message": "boom", "data": ' + data + b"}"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, status=500, content_type="application/json")
+
+    hostile.handler = handler
+    started = time.perf_counter()
+    error = await list_error(hostile.url)
+    elapsed = time.perf_counter() - started
+    assert isinstance(error, APIError)
+    kept = len(pickle.dumps(error))
+    assert kept < 256_000, f"the error pickles to {kept:,} bytes ({elapsed:.2f} s for the call)"
+
+
+async def test_huge_envelope_code_is_described_boundedly(hostile: HostileServer) -> None:
+    """A refusal whose `code` is a 4,300-digit integer gives an error whose text stays short."""
+    body = b'{"code": ' + b"9" * 4300 + b', "status": "ERROR", "message": "no", "data": null}'
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/json")
+
+    hostile.handler = handler
+    error = await list_error(hostile.url)
+    assert isinstance(error, APIError)
+    assert len(str(error)) < 4 * TEXT_LIMIT, f"str(error) has {len(str(error)):,} characters"
+
+
+# -- data handed back as plain JSON -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [RAW_DEPTH - 1, RAW_DEPTH + 1, 1_000])
+async def test_raw_data_is_refused_past_raw_depth_and_usable_below(
+    hostile: HostileServer, depth: int
+) -> None:
+    """Data handed back as plain JSON nests at most RAW_DEPTH levels, so repr() and pickle work on it."""
+    body = b'{"code": 200, "status": "OK", "data": ' + b"[" * depth + b"]" * depth + b"}"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/json")
+
+    hostile.create_handler = handler
+    async with client_for(hostile.url) as client:
+        create = client.create_workflow(
+            workflow_template_id=1, name="n", end_time=datetime(2026, 2, 1, tzinfo=UTC)
+        )
+        if depth + 1 > RAW_DEPTH:  # the envelope adds one level
+            with pytest.raises(DecodeError, match="nests deeper"):
+                await create
+            return
+        created = await create
+    assert pickle.loads(pickle.dumps(created)) == created
+    assert repr(created)
+
+
+# -- data silently dropped --------------------------------------------------------------------------------
+
+
+async def test_walk_against_a_server_ignoring_page_reports_the_shortfall(
+    hostile: HostileServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """count=60 but every page is page 1: the walk yields 20 and must report the 40 it never got."""
+    rows = [workflow(workflow_id=f"wf-{n}", create_time=f"2026-01-01T00:{59 - n:02d}:00Z") for n in range(20)]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=envelope({"count": 60, "lists": rows}), content_type="application/json")
+
+    hostile.handler = handler
+    caplog.set_level(logging.WARNING, logger="airudder_async")
+    async with client_for(hostile.url) as client:
+        walk = client.iter_workflows(page_size=20, prefetch=1)
+        ids = [w.workflow_id async for w in walk]
+    assert ids == [f"wf-{n}" for n in range(20)]
+    assert walk.count == 60
+    assert walk.shortfall == 40, f"shortfall {walk.shortfall}, duplicates_skipped {walk.duplicates_skipped}"
+    assert caplog.records, "no warning either"
+
+
+# -- hostile files ----------------------------------------------------------------------------------------
+
+
+def test_deeply_nested_cursor_file_is_a_value_error() -> None:
+    """A checkpoint/cursor text nested 100,000 deep is a ValueError, as Cursor.from_json documents."""
+    with pytest.raises(ValueError, match="cursor"):
+        Cursor.from_json("[" * 100_000 + "]" * 100_000)
