@@ -24,12 +24,17 @@ async with FakeAirudder(workflows=500) as fake, fake.client() as client:
     await gate.wait_held(4)                        # pages 2-5 are in flight, and stay there
     gate.release()
 ```
+
+A server-side rate limit (`RateLimit`, a token bucket on the server's clock) answers 429 past its budget,
+so a client can meet an account limit it does not know; `fake.set_rate_limit()` changes it mid-run and
+`fake.rate_limit_stats()` tells how many requests it let through and refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import random
 import secrets
 from collections import Counter
@@ -69,6 +74,8 @@ __all__ = [
     "FakeAirudder",
     "Fault",
     "Gate",
+    "RateLimit",
+    "RateLimitStats",
     "RecordedRequest",
     "make_workflows",
 ]
@@ -82,6 +89,9 @@ FAKE_RETRY = RetryPolicy(backoff_initial=0.0, backoff_max=0.0)  # fake.client()'
 _STATUSES = ("finished", "cancelled", "running", "finished", "paused", "finished", "pending")
 
 _WAIT_LIMIT = 5.0  # seconds: how long the waiting helpers wait before a test fails instead of hanging
+# A token short by less than this (float rounding of refill arithmetic) still counts as whole, so a client
+# that waits exactly the Retry-After it was given is let through.
+_TOKEN_SLACK = 1e-9
 
 FaultKind = Literal["status", "slow", "drop", "malformed", "envelope", "revoke", "insert", "raw"]
 
@@ -154,13 +164,109 @@ class Fault:
 
 @attrs.frozen
 class RecordedRequest:
-    """One request the fake server received; *at* is the event loop's clock, in seconds."""
+    """
+    One request the fake server received; *at* is the server's clock when it arrived, in seconds.
+
+    *is_rate_limited* tells whether the fake's `RateLimit` refused it (answered 429).
+    """
 
     method: str
     path: str
     query: dict[str, str]
     headers: dict[str, str]
     at: float
+    is_rate_limited: bool = False
+
+
+def _positive_finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a positive finite number of requests per second")
+
+
+@attrs.frozen(kw_only=True)
+class RateLimit:
+    """
+    A server-side budget for `FakeAirudder`: a token bucket of *rate* requests per second and *burst*.
+
+    A request to a path outside *exempt_paths* (by default every path but the auth call) takes a token,
+    or is answered 429 with the error envelope. With *has_retry_after*, that answer carries `Retry-After`:
+    the seconds until a token is free, rounded up to *retry_after_decimals* decimals (3, milliseconds, by
+    default, so a budget of 20/s asks for `0.050`, not `1`; 0 gives whole seconds, as RFC 9110 writes them).
+    """
+
+    rate: float = attrs.field(validator=_positive_finite)
+    burst: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    has_retry_after: bool = True
+    retry_after_decimals: int = attrs.field(
+        default=3, validator=[attrs.validators.ge(0), attrs.validators.le(6)]
+    )
+    exempt_paths: frozenset[str] = frozenset({AUTH_PATH})
+
+
+@attrs.frozen(kw_only=True)
+class RateLimitStats:
+    """
+    What the fake's rate limit saw (`FakeAirudder.rate_limit_stats()`); times are the server's clock.
+
+    *checked* counts the requests that met a limit, *refused* those it answered 429, and *first_at* and
+    *last_at* are the arrival times of the first and last checked ones (None before any).
+    """
+
+    checked: int = 0
+    refused: int = 0
+    first_at: float | None = None
+    last_at: float | None = None
+
+    @property
+    def admitted(self) -> int:
+        """The checked requests that were let through."""
+        return self.checked - self.refused
+
+    @property
+    def refused_share(self) -> float:
+        """The share of checked requests answered 429, within 0..1 (0.0 before any)."""
+        return self.refused / self.checked if self.checked else 0.0
+
+    @property
+    def admitted_per_second(self) -> float | None:
+        """The requests let through per second between the first and last checked ones (None: no span)."""
+        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
+            return None
+        return self.admitted / (self.last_at - self.first_at)
+
+
+class _TokenBucket:
+    """*limit.burst* tokens at most, refilled at *limit.rate* per second of the clock it is given."""
+
+    def __init__(self, limit: RateLimit, now: float) -> None:
+        self.limit = limit
+        self.tokens = float(limit.burst)
+        self.updated = now
+
+    def _refill(self, now: float) -> None:
+        if now > self.updated:  # a clock that steps back refills nothing (and is not held against you)
+            self.tokens = min(float(self.limit.burst), self.tokens + (now - self.updated) * self.limit.rate)
+            self.updated = now
+
+    def change(self, limit: RateLimit, now: float) -> None:
+        # What the old rate refilled until now is kept (up to the new burst); the new rate applies after.
+        self._refill(now)
+        self.limit = limit
+        self.tokens = min(self.tokens, float(limit.burst))
+
+    def take(self, now: float) -> float | None:
+        """Take a token and return None, or return the seconds until one is free."""
+        self._refill(now)
+        if self.tokens >= 1.0 - _TOKEN_SLACK:
+            self.tokens -= 1.0
+            return None
+        return (1.0 - self.tokens) / self.limit.rate
+
+
+def _retry_after(wait: float, decimals: int) -> str:
+    """Format *wait* seconds as delay-seconds rounded up (never down) to *decimals* decimals."""
+    scale = 10**decimals
+    return f"{math.ceil(wait * scale) / scale:.{decimals}f}"
 
 
 class _Signal:
@@ -294,7 +400,10 @@ class FakeAirudder:
 
     *workflows* synthetic workflows are made at start (deterministic for a *seed*). Tokens live
     *token_lifetime* seconds on the fake clock (`advance()` moves it). Every answer waits *latency*
-    seconds. `count_offset` makes `data.count` lie by that many.
+    seconds. `count_offset` makes `data.count` lie by that many. *rate_limit* sets a `RateLimit`.
+
+    The server's clock (request times, the rate limit) is *clock* (by default the event loop's, in
+    seconds) plus every `advance()`: pass `clock=lambda: 0.0` to stop it and move it only by hand.
     """
 
     def __init__(
@@ -308,6 +417,8 @@ class FakeAirudder:
         token_lifetime: float = 24 * 3600.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        rate_limit: RateLimit | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.app_key = app_key
         self.app_secret = app_secret
@@ -334,6 +445,10 @@ class FakeAirudder:
         self._path_hits: Counter[str] = Counter()
         self._random: tuple[random.Random, float, tuple[Fault, ...], str | None] | None = None
         self._runner: web.AppRunner | None = None
+        self._clock = clock
+        self._rate_limit = rate_limit
+        self._bucket: _TokenBucket | None = None  # made on the first checked request: the loop's clock
+        self._stats = RateLimitStats()
         self.url = ""
         if workflows:
             self.add_workflows(workflows)
@@ -408,8 +523,66 @@ class FakeAirudder:
     # -- clock and tokens ----------------------------------------------------------------------------
 
     def advance(self, seconds: float) -> None:
-        """Move the fake clock forward *seconds* (tokens expire on it)."""
+        """Move the fake clock forward *seconds*: tokens expire and the rate limit refills on it."""
         self.now += seconds
+
+    def _time(self) -> float:
+        base = asyncio.get_running_loop().time() if self._clock is None else self._clock()
+        return base + self.now
+
+    # -- rate limit ------------------------------------------------------------------------------------
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        """The `RateLimit` in force, or None when every request is let through."""
+        return self._rate_limit
+
+    def set_rate_limit(self, limit: RateLimit | None, /) -> None:
+        """
+        Enforce *limit* from the next request on (None removes it), e.g. to halve it mid-walk.
+
+        The tokens saved so far are kept, up to the new burst; a limit set where there was none starts
+        with a full bucket.
+        """
+        self._rate_limit = limit
+        if limit is None:
+            self._bucket = None
+        elif self._bucket is not None:
+            self._bucket.change(limit, self._time())
+
+    def rate_limit_stats(self, *, reset: bool = False) -> RateLimitStats:
+        """
+        Return what the rate limit has checked and refused; *reset* starts counting afresh after that.
+
+        Counted even when `record_requests` is off, e.g. `stats.admitted_per_second` and
+        `stats.refused_share` for a benchmark.
+        """
+        stats = self._stats
+        if reset:
+            self._stats = RateLimitStats()
+        return stats
+
+    def _check_rate(self, path: str, now: float) -> web.Response | None:
+        """Let the request through (None) or return its 429 answer."""
+        limit = self._rate_limit
+        if limit is None or path in limit.exempt_paths:
+            return None
+        if self._bucket is None:
+            self._bucket = _TokenBucket(limit, now)
+        wait = self._bucket.take(now)
+        stats = self._stats
+        self._stats = RateLimitStats(
+            checked=stats.checked + 1,
+            refused=stats.refused + (wait is not None),
+            first_at=now if stats.first_at is None else stats.first_at,
+            last_at=now,
+        )
+        if wait is None:
+            return None
+        headers = (
+            {"Retry-After": _retry_after(wait, limit.retry_after_decimals)} if limit.has_retry_after else {}
+        )
+        return _error(429, "too many requests: the rate limit is exceeded", headers=headers)
 
     def revoke_tokens(self) -> None:
         """Forget every issued token: the next authenticated call is refused with 401."""
@@ -574,6 +747,9 @@ class FakeAirudder:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        now = self._time()
+        # Decided on arrival, like a gateway in front of the API; the answer still waits its turn below.
+        refusal = self._check_rate(request.path, now)
         if self.record_requests:
             self.requests.append(
                 RecordedRequest(
@@ -581,7 +757,8 @@ class FakeAirudder:
                     request.path,
                     dict(request.query),
                     dict(request.headers),
-                    asyncio.get_running_loop().time(),
+                    now,
+                    is_rate_limited=refusal is not None,
                 )
             )
             self._recorded.notify()
@@ -595,6 +772,9 @@ class FakeAirudder:
                     await gate._pass()
             if self.latency:
                 await asyncio.sleep(self.latency)
+            if refusal is not None:
+                self._schedule.pop((request.path, number), None)  # a refused request shows no fault
+                return refusal
             for fault in self._faults_for(request.path, number):
                 answer = await self._apply(fault, request)
                 if answer is not None:

@@ -63,6 +63,8 @@ PUBLIC = {
         "Fault",
         "Gate",
         "INSTANCELIST_PATH",
+        "RateLimit",
+        "RateLimitStats",
         "RecordedRequest",
         "TASKDETAIL_PATH",
         "make_workflows",
