@@ -305,12 +305,13 @@ class Gate:
     def __repr__(self) -> str:
         return f"<Gate held={self.held} is_open={self.is_open}>"
 
-    async def wait_held(self, n: int = 1) -> None:
+    async def wait_held(self, n: int = 1, *, within: float = _WAIT_LIMIT) -> None:
         """
         Return once *n* requests wait at the gate together.
 
         Raises:
-            TimeoutError: they are not there after 5 seconds (so a broken test fails instead of hanging).
+            TimeoutError: they are not there after *within* seconds (default 5), so a broken test fails
+                instead of hanging; give more when the client is another process that must start first.
             RuntimeError: the gate is open, so no request will wait there any more.
         """
 
@@ -319,7 +320,7 @@ class Gate:
                 raise RuntimeError(f"the gate is open: {n} requests will never be held there")
             return self.held >= n
 
-        await self._signal.wait_until(ready)
+        await self._signal.wait_until(ready, within)
 
     def release(self) -> None:
         """Let every held request through, and every later one. Idempotent."""

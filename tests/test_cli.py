@@ -14,13 +14,12 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import anyio
 import anyio.from_thread
 import attrs
 import pytest
-from aiohttp import web
 
 from airudder_async.__main__ import amain, main
 from airudder_async._cli import CSV_FIELDS, Progress, _duration, _fsync_if_possible, _silence_stdout, program
@@ -667,40 +666,14 @@ def test_broken_pipe_exits_quietly(tmp_path: Path) -> None:
     assert (code, err) == (0, b"")
 
 
-class GatedFake(FakeAirudder):
-    """A FakeAirudder that holds its *hold*-th instancelist answer until `release` is set."""
-
-    def __init__(self, *, hold: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.hold = hold
-        self.arrived = anyio.Event()
-        self.release = anyio.Event()
-        self._seen = 0
-
-    def make_app(self) -> web.Application:
-        """The fake's application with the gate in front of every other middleware."""
-        app = super().make_app()
-        app.middlewares.insert(0, self._gate)
-        return app
-
-    @web.middleware
-    async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path == INSTANCELIST_PATH:
-            self._seen += 1
-            if self._seen == self.hold:
-                self.arrived.set()
-                await self.release.wait()
-        response: web.StreamResponse = await handler(request)
-        return response
-
-
 async def test_export_survives_sigkill_and_resumes(tmp_path: Path) -> None:
     """An export SIGKILLed while its 6th page is on the way resumes to every workflow, once each."""
     out = tmp_path / "wf.jsonl"
     checkpoint = tmp_path / "wf.jsonl.checkpoint.json"
     cmd = [sys.executable, "-m", "airudder_async", "export", "--page-size", "200", "--prefetch", "1",
            "-o", str(out)]  # fmt: skip
-    async with GatedFake(hold=6, workflows=2000) as fake:
+    async with FakeAirudder(workflows=2000) as fake:
+        gate = fake.gate(INSTANCELIST_PATH, after=5)  # pages 1-5 are served, the 6th waits
         environ = {
             **_env(),
             "AIRUDDER_BASE_URL": fake.url,
@@ -711,10 +684,10 @@ async def test_export_survives_sigkill_and_resumes(tmp_path: Path) -> None:
             async with await anyio.open_process(
                 cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environ
             ) as proc:
-                await fake.arrived.wait()  # pages 1-5 were served; the process waits for the 6th
+                await gate.wait_held(1, within=30)  # the process starts first: more than the default
                 proc.kill()
                 assert await proc.wait() == -signal.SIGKILL
-            fake.release.set()
+            gate.release()
             received = json.loads(checkpoint.read_bytes())["cursor"]["received"]
             assert 0 < received < 2000
             assert len(out.read_bytes().splitlines()) < 2000
