@@ -31,7 +31,7 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
-from ._convert import ids_in, parse_page, rows, str_or_none
+from ._convert import decode_page, ids_in, parse_page, rows, str_or_none
 from ._pagination import WorkflowIterator
 from ._protocol import RAW_DEPTH, Response
 from ._session import SendLoop
@@ -645,7 +645,9 @@ class AirudderClient:
         timeouts: Timeouts | None,
     ) -> object:
         params = {"page": str(page), "size": str(size), **filters}
-        response = await loop.send("GET", INSTANCELIST_PATH, params=params, retry=retry, timeouts=timeouts)
+        response = await loop.send(
+            "GET", INSTANCELIST_PATH, params=params, retry=retry, timeouts=timeouts, decode=decode_page
+        )
         return response.data
 
 

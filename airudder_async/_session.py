@@ -61,6 +61,7 @@ class _Call:
     policy: RetryPolicy
     timeout: aiohttp.ClientTimeout
     max_depth: int | None
+    decode: Callable[[bytes], object | None] | None
 
 
 class _Counters:
@@ -181,12 +182,14 @@ class SendLoop:
         retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
         max_depth: int | None = None,
+        decode: Callable[[bytes], object | None] | None = None,
     ) -> Response:
         """
         Send one logical call (with its retries, within the policy's deadline); return the answer.
 
         With *max_depth*, a successful answer nesting deeper is a `DecodeError` (for data handed back
-        as plain JSON; the parser itself stops at `_json.MAX_DEPTH`).
+        as plain JSON; the parser itself stops at `_json.MAX_DEPTH`). A *decode* function is tried
+        first on a 2xx body: what it returns becomes the envelope's `data`, and None means "not mine".
         """
         policy = retry or self.retry
         # An explicit answer from the caller wins; otherwise reads retry, and writes only by policy.
@@ -201,6 +204,7 @@ class SendLoop:
             policy=policy,
             timeout=self._timeout(timeouts),
             max_depth=max_depth,
+            decode=decode,
         )
         if policy.deadline is None:
             return await self._with_retries(call)
@@ -307,6 +311,10 @@ class SendLoop:
                 ),
                 call,
             )
+        if call.decode is not None and 200 <= status < 300:
+            decoded = call.decode(raw)  # pure, and only ever accepts what interpret() would
+            if decoded is not None:
+                return Response(status, resp_headers, {"code": 200, "status": "OK", "data": decoded})
         try:
             envelope = interpret(status, resp_headers, raw, secrets=self._secrets(token))
         except AirudderError as exc:
