@@ -10,9 +10,10 @@ benchmarks/run.py: about 1.0 µs per workflow against 2.2 µs for cattrs' own ge
 same frozen class.
 
 With the `msgspec` extra, `decode_page()` turns a whole instancelist answer body into the models in
-one C pass (benchmarks/decode_paths.py: about 3x faster than orjson and the fast hook). It only
-accepts what the path above accepts with the same result, and returns None for anything else, so the
-caller runs the path above, which stays the reference and raises the errors.
+one C pass. benchmarks/decode_paths.py: about 1.3-1.6 µs per workflow against 2.2 µs for orjson,
+`interpret()` and the fast hook; msgspec itself takes 0.7 µs, the rest is the scan that keeps the
+semantics equal. It only accepts what the path above accepts, with the same result, and returns None
+for anything else, so the caller runs the path above, which stays the reference and raises the errors.
 """
 
 from __future__ import annotations
