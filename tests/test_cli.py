@@ -18,30 +18,14 @@ from typing import BinaryIO
 
 import anyio
 import anyio.from_thread
-import attrs
 import pytest
 
 from airudder_async.__main__ import amain, main
 from airudder_async._cli import CSV_FIELDS, Progress, _duration, _fsync_if_possible, _silence_stdout, program
 from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault, make_workflows
+from tests.support import cli
 
 pytestmark = pytest.mark.anyio
-
-
-@attrs.frozen
-class Run:
-    """What one command line produced."""
-
-    code: int
-    out: bytes
-    err: str
-
-
-async def cli(*argv: str) -> Run:
-    """Run the command line *argv* in this event loop, capturing stdout and stderr."""
-    out, err = io.BytesIO(), io.StringIO()
-    code = await amain(list(argv), stdout=out, stderr=err)
-    return Run(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pickle
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -44,6 +43,7 @@ from airudder_async.webhooks import (
     webhook_app,
     webhook_handler,
 )
+from tests.support import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -122,20 +122,6 @@ class Inbox:
 
     async def __call__(self, event: WebhookEvent) -> None:
         self.events.append(event)
-
-
-@asynccontextmanager
-async def serve(app: web.Application, **runner_kwargs: Any) -> AsyncIterator[str]:
-    """Run *app* on a free loopback port and yield its base URL; cleanup drains pending callbacks."""
-    runner = web.AppRunner(app, **runner_kwargs)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 async def post(

@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import anyio
-import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from airudder_async import _cli
-from airudder_async.__main__ import amain
 from airudder_async._cli import (
     Progress,
     aware_time,
@@ -34,27 +32,12 @@ from airudder_async._cli import (
 )
 from airudder_async.models import Workflow
 from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault, Gate
+from tests.support import Run, cli
 
 pytestmark = pytest.mark.anyio
 
 HOSTILE = "\x1b[2J\x1b]0;pwned\x07\x9b31m\r\n  airudder-async export --resume\x7f\x00"
 UNPRINTABLE = {*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0))}
-
-
-@attrs.frozen
-class Run:
-    """What one command line produced."""
-
-    code: int
-    out: bytes
-    err: str
-
-
-async def cli(*argv: str) -> Run:
-    """Run the command line *argv* in this event loop, capturing stdout and stderr."""
-    out, err = io.BytesIO(), io.StringIO()
-    code = await amain(list(argv), stdout=out, stderr=err)
-    return Run(code, out.getvalue(), err.getvalue())
 
 
 class Gated(NamedTuple):

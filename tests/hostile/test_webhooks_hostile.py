@@ -14,8 +14,8 @@ import inspect
 import json
 import logging
 import string
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
@@ -41,6 +41,7 @@ from airudder_async.webhooks import (
     parse_webhook,
     webhook_app,
 )
+from tests.support import serve as support_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -86,19 +87,10 @@ class Gate:
         self.events.append(event)
 
 
-@asynccontextmanager
-async def serve(app: web.Application, **runner_kwargs: Any) -> AsyncIterator[str]:
-    """Run *app* on a free loopback port and yield its base URL; cleanup drains pending callbacks."""
-    # lingering_time=0: a refused body's unread rest is not drained by a task that outlives the test.
-    runner = web.AppRunner(app, **{"lingering_time": 0, **runner_kwargs})
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+def serve(app: web.Application, **runner_kwargs: Any) -> AbstractAsyncContextManager[str]:
+    """`tests.support.serve`, with lingering_time=0: a refused body's unread rest is not drained by a
+    task that outlives the test."""
+    return support_serve(app, **{"lingering_time": 0, **runner_kwargs})
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: object) -> tuple[int, dict[str, Any]]:
