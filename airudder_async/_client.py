@@ -79,12 +79,8 @@ def check_base_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
-    if (
-        _UNSAFE_URL.search(url)
-        or "@" in parts.netloc
-        or any(seg in (".", "..") for seg in parts.path.split("/"))
-        or (parts.path and not _PATH.fullmatch(parts.path.rstrip("/") or "/x"))
-    ):
+    prefix = parts.path.rstrip("/")
+    if _UNSAFE_URL.search(url) or "@" in parts.netloc or (prefix and not _is_plain_path(prefix)):
         raise ValueError(f"base_url must be scheme://host[:port][/prefix], got {url!r}")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ValueError(
@@ -101,13 +97,14 @@ def check_path(path: object) -> str:
     Segments are letters, digits and `-._~`; `.` and `..` (which would climb out of a base URL's
     prefix), empty segments, `%` escapes, `?` and `#` are refused: pass query values as *params*.
     """
-    if (
-        not isinstance(path, str)
-        or not _PATH.fullmatch(path)
-        or any(seg in (".", "..") for seg in path.split("/"))
-    ):
+    if not isinstance(path, str) or not _is_plain_path(path):
         raise ValueError(f"path must be an absolute API path like '/service/cloud/...', got {path!r}")
     return path
+
+
+def _is_plain_path(path: str) -> bool:
+    """`/seg/seg...` of letters, digits and `-._~`, none of them `.` or `..`: the rule for both checks."""
+    return bool(_PATH.fullmatch(path)) and not any(seg in (".", "..") for seg in path.split("/"))
 
 
 def _is_loopback(host: str) -> bool:
