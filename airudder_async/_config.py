@@ -64,6 +64,10 @@ class Limits:
 
     *max_in_flight* caps concurrent requests; *requests_per_second* is a token-bucket budget
     (`None`: no budget) allowing bursts of *burst* requests; *max_connections* sizes the pool.
+    With *adaptive* (the default) the client also learns the account's unpublished rate limit from
+    its 429s and latency and paces just under it; *requests_per_second* is then a ceiling it never
+    passes. Until the first 429 nothing is paced beyond these limits. `adaptive=False` paces by the
+    fixed settings alone, and a 429 then only pauses every task for its cool-down.
     *max_response_size* bounds one answer in bytes, counted after decompression: a bigger one raises
     `ResponseTooLargeError` (so at most `max_in_flight` such buffers exist at once).
     """
@@ -72,6 +76,7 @@ class Limits:
     requests_per_second: float | None = attrs.field(default=None, validator=_positive_or_none)
     burst: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     max_connections: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    adaptive: bool = True
     max_response_size: int = attrs.field(
         default=DEFAULT_MAX_RESPONSE_SIZE,
         validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)],

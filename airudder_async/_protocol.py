@@ -346,9 +346,14 @@ def retry_reason(error: AirudderError) -> str:
     return "transport"
 
 
-def slows_everyone(error: AirudderError) -> bool:
-    """Tell whether *error* asks every task to pause (a 429, or any answer with `Retry-After`)."""
-    return isinstance(error, RateLimitedError) or (isinstance(error, APIError) and bool(error.retry_after))
+def slows_everyone(error: AirudderError, *, adaptive: bool = False) -> bool:
+    """
+    Tell whether *error* asks every task to pause: any answer with `Retry-After`, and a bare 429 too
+    unless pacing is *adaptive* (which answers a bare 429 by cutting its pace instead).
+    """
+    if isinstance(error, APIError) and error.retry_after:
+        return True
+    return isinstance(error, RateLimitedError) and not adaptive
 
 
 def retry_delay(

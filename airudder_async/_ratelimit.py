@@ -6,14 +6,15 @@ When and how long to wait after a refusal is decided in `_protocol.py`; this mod
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
 
+from ._adaptive import RateController
 from ._config import Limits
 
-__all__ = ["Pacer", "TokenBucket"]
+__all__ = ["LearntPace", "Pacer", "TokenBucket"]
 
 
 class TokenBucket:
@@ -47,9 +48,46 @@ class TokenBucket:
         return delay
 
 
+class LearntPace:
+    """
+    Requests spaced 1/*rate* apart, where a new rate applies at once, to the requests already waiting
+    too (a token bucket's reservations would keep the old spacing for them).
+    """
+
+    def __init__(self, rate: float, on_wait: Callable[[], object] = lambda: None) -> None:
+        self.interval = 1.0 / rate
+        self.on_wait = on_wait  # told each time a request had to wait: the pace, not demand, binds
+        self._last = float("-inf")  # when the last request was let go
+        self._changed = anyio.Event()
+
+    def set_rate(self, rate: float) -> None:
+        """Pace at *rate* from now on, and wake the waiting requests to re-check."""
+        self.interval = 1.0 / rate
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    async def acquire(self) -> float:
+        """Wait until a request may go at the current rate; return the time waited."""
+        started = now = anyio.current_time()
+        while (due := self._last + self.interval) > now:
+            changed = self._changed
+            with anyio.move_on_after(due - now):
+                await changed.wait()
+            now = anyio.current_time()
+        # Spaced from when it really went: catching up after a late start would send two requests
+        # closer than the interval, which a strict server refuses (the controller makes up the rate).
+        self._last = now
+        if now > started:
+            self.on_wait()
+        return now - started
+
+
 class Pacer:
     """
     One per client: every request passes here, so the cap, the budget and a 429 cool-down are shared.
+
+    With `Limits.adaptive`, a `RateController` learns the account's limit from the answers (fed through
+    `answered()`) and a second bucket paces at its rate; `Limits.requests_per_second` is the ceiling.
     """
 
     def __init__(self, limits: Limits) -> None:
@@ -57,9 +95,37 @@ class Pacer:
         self.bucket = (
             TokenBucket(limits.requests_per_second, limits.burst) if limits.requests_per_second else None
         )
+        self.controller = RateController(limits.requests_per_second) if limits.adaptive else None
+        self.learnt: LearntPace | None = None  # paces at the controller's rate once it has one
         self.cooldown_until = 0.0
         self.budget_wait = 0.0
         self.cooldown_wait = 0.0
+
+    @property
+    def rate(self) -> float | None:
+        """The rate adaptive pacing allows now (requests per second), or None while nothing is learnt."""
+        return None if self.controller is None else self.controller.rate
+
+    def answered(self, sent_at: float, *, refused: bool) -> None:
+        """
+        Tell the controller about one answer to a request sent at *sent_at*: a 429 (*refused*) or not.
+        """
+        controller = self.controller
+        if controller is None:
+            return
+        now = anyio.current_time()
+        before = controller.rate
+        if refused:
+            controller.refused(sent_at, now)
+        else:
+            controller.admitted(now, now - sent_at)
+        rate = controller.rate
+        if rate is None or rate == before:
+            return
+        if self.learnt is None:
+            self.learnt = LearntPace(rate, controller.held)
+        else:
+            self.learnt.set_rate(rate)
 
     def cool_down(self, seconds: float) -> None:
         """
@@ -78,4 +144,6 @@ class Pacer:
                 await anyio.sleep(wait)
             if self.bucket is not None:
                 self.budget_wait += await self.bucket.acquire()
+            if self.learnt is not None:
+                self.budget_wait += await self.learnt.acquire()
             yield

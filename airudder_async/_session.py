@@ -126,6 +126,8 @@ class SendLoop:
             token_refreshes=self.auth.refreshes,
             budget_wait=self.pacer.budget_wait,
             cooldown_wait=self.pacer.cooldown_wait,
+            pacing_rate=self.pacer.rate,
+            pacing_cuts=0 if self.pacer.controller is None else self.pacer.controller.cuts,
         )
 
     def _emit(
@@ -150,6 +152,7 @@ class SendLoop:
             elapsed=elapsed,
             delay=delay,
             reason=reason,
+            pacing_rate=self.pacer.rate,
         )
         try:
             self.event_hook(event)
@@ -238,8 +241,9 @@ class SendLoop:
                 if delay is None:
                     self.counters.errors += 1
                     raise
-                if slows_everyone(exc):
-                    # The server asked us to slow down: every task waits, not only this one.
+                if slows_everyone(exc, adaptive=self.pacer.controller is not None):
+                    # The server asked us to slow down: every task waits, not only this one. (With
+                    # adaptive pacing a bare 429 cuts the pace instead; a Retry-After is still obeyed.)
                     self.pacer.cool_down(delay)
                 reason = retry_reason(exc)
                 status = exc.status if isinstance(exc, APIError) else None
@@ -314,11 +318,14 @@ class SendLoop:
         if call.decode is not None and 200 <= status < 300:
             decoded = call.decode(raw)  # pure, and only ever accepts what interpret() would
             if decoded is not None:
+                self.pacer.answered(started, refused=False)
                 return Response(status, resp_headers, {"code": 200, "status": "OK", "data": decoded})
         try:
             envelope = interpret(status, resp_headers, raw, secrets=self._secrets(token))
         except AirudderError as exc:
+            self.pacer.answered(started, refused=isinstance(exc, RateLimitedError))
             raise _routed(exc, call)  # noqa: B904 - interpret raises without a chained exception
+        self.pacer.answered(started, refused=False)
         if call.max_depth is not None and _json.depth_exceeds(raw, call.max_depth):
             raise _routed(DecodeError(f"the answer nests deeper than {call.max_depth} levels"), call)
         return Response(status, resp_headers, envelope)

@@ -202,6 +202,9 @@ class ClientStats:
     A snapshot of a client's counters since it was created; times are in seconds.
 
     *retries* maps a reason (`"429"`, `"503"`, `"transport"`, `"timeout"`, ...) to its retry count.
+    *pacing_rate* is the request rate adaptive pacing allows now (requests per second; None while
+    no limit has been met, or with `Limits(adaptive=False)`) and *pacing_cuts* how often a 429 or
+    rising latency made it slow down.
     """
 
     requests: int = 0
@@ -213,6 +216,8 @@ class ClientStats:
     token_refreshes: int = 0
     budget_wait: float = 0.0
     cooldown_wait: float = 0.0
+    pacing_rate: float | None = None
+    pacing_cuts: int = 0
 
     @property
     def total_retries(self) -> int:
@@ -229,6 +234,7 @@ class RequestEvent:
 
     *status* is the HTTP status (`None` before an answer or on a transport failure), *elapsed* the
     attempt's duration and *delay* the wait before a retry, in seconds; *reason* says why a retry happens.
+    *pacing_rate* is the rate adaptive pacing allowed at that moment (see `ClientStats.pacing_rate`).
     """
 
     kind: Literal["request", "response", "retry"]
@@ -239,6 +245,7 @@ class RequestEvent:
     elapsed: float | None = None
     delay: float | None = None
     reason: str | None = None
+    pacing_rate: float | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -129,20 +129,27 @@ def test_backoff_is_bounded_for_any_attempt(retry: int, draw: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("error", "reason", "slows"),
+    ("error", "reason", "slows", "slows_adaptive"),
     [
-        (api(429), "429", True),
-        (api(503, retry_after=2.0), "503", True),
-        (api(503), "503", False),
-        (api(200, code=500), "code 500", False),
-        (RequestTimeoutError("t"), "timeout", False),
-        (TransportError("t"), "transport", False),
+        (api(429), "429", True, False),
+        (api(429, retry_after=0.5), "429", True, True),
+        (api(503, retry_after=2.0), "503", True, True),
+        (api(503), "503", False, False),
+        (api(200, code=500), "code 500", False, False),
+        (RequestTimeoutError("t"), "timeout", False, False),
+        (TransportError("t"), "transport", False, False),
     ],
 )
-def test_retry_reason_and_shared_slowdown(error: AirudderError, reason: str, slows: bool) -> None:
-    """Retries are counted by one reason name; a 429 or any Retry-After pauses every task."""
+def test_retry_reason_and_shared_slowdown(
+    error: AirudderError, reason: str, slows: bool, slows_adaptive: bool
+) -> None:
+    """
+    Retries are counted by one reason name; a 429 or any Retry-After pauses every task, except that
+    adaptive pacing answers a bare 429 by cutting its pace (a Retry-After is obeyed either way).
+    """
     assert retry_reason(error) == reason
     assert slows_everyone(error) is slows
+    assert slows_everyone(error, adaptive=True) is slows_adaptive
 
 
 # -- Retry-After ---------------------------------------------------------------------------------------

@@ -1,0 +1,188 @@
+"""
+Adaptive pacing: find the account's unpublished rate limit from the answers (pure; times are passed in).
+
+The vendor publishes no rate limit, so the client learns one. Until the first 429 nothing is paced
+beyond `Limits` (an account with a generous limit never pays for the controller). From a 429 on, the
+allowed rate follows a CUBIC-like curve:
+
+- **cut** on a 429 to a request sent at the current pace (one sent before the last cut says nothing
+  new): the level where refusals began, `peak`, is the smaller of the current rate and the rate the
+  server was admitting (measured since refusals began, or over the last `window` seconds); the rate
+  drops to `beta * peak`;
+- **grow** back while answers are clean, latency is flat and the budget is what holds requests back
+  (demand exceeds the rate): concave up to `peak`, flat around it, then convex, probing above it, so
+  the pace sits near the limit most of the time and finds a raised one quickly;
+- **hold** (no growth) while latency rises well above its recent floor, and cut by `beta` when it
+  climbs far above it: a server that queues is saturating even before it refuses.
+
+The time to climb back to `peak` is chosen so that one cycle spends about `requests_per_cycle`
+requests, which bounds the share of 429s near `1 / requests_per_cycle` whatever the limit is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+__all__ = ["RateController"]
+
+_EVIDENCE = 5  # admitted answers needed before a measured rate is trusted as the peak
+_RESTART = 1.0  # requests per second after a refusal with nothing measured behind it
+
+
+class RateController:
+    """
+    The allowed request rate, learnt from 429s and latency; `rate` is None until the first refusal.
+
+    *ceiling* (requests per second, or None) is never exceeded; *floor* is the lowest rate a cut
+    reaches. Feed it every answer through `admitted()` and `refused()`, and call `held()` when the
+    budget made a request wait (that is what tells the rate binds and may grow).
+    """
+
+    def __init__(
+        self,
+        ceiling: float | None = None,
+        *,
+        beta: float = 0.85,
+        requests_per_cycle: float = 200.0,
+        min_probe: float = 3.0,
+        max_probe: float = 30.0,
+        window: float = 2.0,
+        floor: float = 0.2,
+    ) -> None:
+        self.ceiling = ceiling
+        self.beta = beta
+        self.requests_per_cycle = requests_per_cycle
+        self.min_probe = min_probe
+        self.max_probe = max_probe
+        self.window = window
+        self.floor = floor
+        self.rate: float | None = None
+        self.peak = 0.0
+        self.cuts = 0
+        self.cut_at = -math.inf  # when the rate was last cut
+        self._probe = min_probe  # seconds of growth from beta * peak back to peak
+        self._grown = 0.0  # seconds of growth since the last cut
+        self._updated = -math.inf
+        self._bound = False  # the budget held a request back since the last update
+        self._admitted: deque[float] = deque()  # answer times of admitted requests, last `window` s
+        self._first_at: float | None = None
+        self._latency_floor: float | None = None
+        self._latency_floor_at = -math.inf
+        self._latency = 0.0  # smoothed
+        self._starting = False  # the last cut had too little evidence: grow exponentially
+        self._since_cut = 0  # admitted answers since the last cut
+
+    def __repr__(self) -> str:
+        rate = "unlimited" if self.rate is None else f"{self.rate:.2f}/s"
+        return f"<RateController rate={rate} peak={self.peak:.2f} cuts={self.cuts}>"
+
+    # -- inputs ----------------------------------------------------------------------------------------
+
+    def held(self) -> None:
+        """Note that the budget made a request wait: the rate, not demand, sets the pace."""
+        self._bound = True
+
+    def admitted(self, now: float, latency: float) -> None:
+        """Note an answer that was not a 429 (*latency*: the attempt's duration), and grow if due."""
+        if self._first_at is None:
+            self._first_at = now
+        admitted = self._admitted
+        admitted.append(now)
+        horizon = now - self.window
+        while admitted[0] < horizon:
+            admitted.popleft()
+        self._since_cut += 1
+        trend = self._observe_latency(now, latency)
+        if self.rate is None:
+            return
+        elapsed = now - self._updated  # a rate exists only after a cut, which set _updated
+        self._updated = now
+        if trend == "rising":
+            self._cut(self.rate, now)
+            return
+        if self._bound and trend == "flat":
+            if self._starting:
+                # One more request per second for each clean answer: at r answers per second that
+                # is exponential (doubling about every 0.7 s) at any scale, and a refusal finds the
+                # rate only an answer or two past the limit.
+                self.rate = self._bounded(self.rate + 1.0)
+            else:
+                self._grown += elapsed
+                self.rate = self._curve()
+        self._bound = False
+
+    def refused(self, sent_at: float, now: float) -> bool:
+        """
+        Note a 429 to a request sent at *sent_at*; cut the rate and return True when it says something new.
+        """
+        if self._first_at is None:
+            self._first_at = now
+        if sent_at <= self.cut_at:
+            return False  # sent at the pace before the last cut: that cut already answered it
+        if self.rate is None:
+            # The first refusal: the pace so far was only what demand and `Limits` allowed, so the
+            # best guess is what the server admitted lately; with too few answers to measure by
+            # (the first burst of a walk, say), restart low and climb fast, like TCP's slow start.
+            served, sure = self._served_rate(now)
+            self._starting = not sure
+            level = served if sure else _RESTART / self.beta
+        else:
+            # The pace at a refusal is the level that proved too much (TCP CUBIC's W_max); when a
+            # pace set by a cut is refused too, what the server admitted since that cut measures its
+            # limit directly (it has been saturated all along).
+            level = self.rate
+            sustained = self._since_cut >= _EVIDENCE
+            if sustained and not self._starting:
+                level = min(level, self._since_cut / (now - self.cut_at))
+            # Leave the fast climb only once a pace held long enough to be refused for itself.
+            self._starting = self._starting and not sustained
+        self._cut(level, now)
+        return True
+
+    # -- the curve -------------------------------------------------------------------------------------
+
+    def _served_rate(self, now: float) -> tuple[float, bool]:
+        """What the server admitted over the last `window` seconds, and whether enough answers back it."""
+        assert self._first_at is not None
+        span = min(self.window, now - self._first_at)
+        count = len(self._admitted)
+        if span <= 0 or not count:
+            return self.floor, False
+        return count / span, count >= _EVIDENCE and span >= self.window / 4
+
+    def _cut(self, level: float, now: float) -> None:
+        self.peak = max(self.floor, level)
+        self.rate = self._bounded(self.beta * self.peak)
+        self._probe = min(self.max_probe, max(self.min_probe, self.requests_per_cycle / self.peak))
+        self._grown = 0.0
+        self._since_cut = 0
+        self.cut_at = now
+        self._updated = now
+        self._bound = False
+        self.cuts += 1
+
+    def _curve(self) -> float:
+        """CUBIC: beta * peak at the cut, peak after `_probe` seconds of growth, convex beyond."""
+        k = self._probe
+        c = (1.0 - self.beta) / k**3
+        x = self._grown - k
+        return self._bounded(self.peak * (1.0 + c * x * x * x))
+
+    def _bounded(self, rate: float) -> float:
+        rate = max(self.floor, rate)
+        return rate if self.ceiling is None else min(self.ceiling, rate)
+
+    # -- latency ---------------------------------------------------------------------------------------
+
+    def _observe_latency(self, now: float, latency: float) -> str:
+        """Track the latency floor (over the last 30 s) and a smoothed value; say how they compare."""
+        if self._latency_floor is None or latency <= self._latency_floor or now - self._latency_floor_at > 30:
+            self._latency_floor, self._latency_floor_at = latency, now
+        self._latency = latency if self._latency == 0.0 else 0.8 * self._latency + 0.2 * latency
+        floor = self._latency_floor
+        if self._latency > 4.0 * floor + 0.5 and now - self.cut_at > 2 * self.window:
+            return "rising"
+        if self._latency > 2.0 * floor + 0.05:
+            return "held"
+        return "flat"

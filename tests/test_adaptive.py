@@ -1,0 +1,309 @@
+"""
+Adaptive pacing: the controller's rules (pure, on a clock passed in) and the pacer that applies them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airudder_async import Limits, RetryPolicy
+from airudder_async._adaptive import RateController
+from airudder_async._ratelimit import LearntPace, Pacer
+from airudder_async.models import RequestEvent
+from airudder_async.testing import FakeAirudder, Fault, RateLimit
+
+LATENCY = 0.02
+
+
+def steady(ctl: RateController, start: float, rate: float, seconds: float, *, held: bool = True) -> float:
+    """Feed *rate* clean answers per second for *seconds*; return the time reached."""
+    now = start
+    for _ in range(round(rate * seconds)):
+        now += 1.0 / rate
+        if held:
+            ctl.held()
+        ctl.admitted(now, LATENCY)
+    return now
+
+
+# -- the controller ------------------------------------------------------------------------------------
+
+
+def test_nothing_is_paced_before_the_first_refusal() -> None:
+    """Clean answers alone never set a rate: a generous account pays nothing for the controller."""
+    ctl = RateController()
+    steady(ctl, 0.0, 50.0, 10.0)
+    assert ctl.rate is None
+    assert ctl.cuts == 0
+    assert repr(ctl) == "<RateController rate=unlimited peak=0.00 cuts=0>"
+
+
+def test_first_refusal_cuts_below_what_the_server_admitted() -> None:
+    """With enough answers behind it, the first 429 sets the peak to the measured admitted rate."""
+    ctl = RateController(beta=0.8, window=2.0)
+    now = steady(ctl, 0.0, 20.0, 5.0)
+    assert ctl.refused(now, now + 0.01) is True
+    assert ctl.peak == pytest.approx(20.0, rel=0.05)
+    assert ctl.rate == pytest.approx(0.8 * ctl.peak)
+    assert "cuts=1" in repr(ctl)
+
+
+def test_a_refusal_sent_before_the_last_cut_is_not_counted_twice() -> None:
+    """Requests already in flight at the old pace are refused too; they say nothing new."""
+    ctl = RateController()
+    now = steady(ctl, 0.0, 20.0, 5.0)
+    ctl.refused(now, now + 0.01)
+    rate = ctl.rate
+    assert ctl.refused(now, now + 0.02) is False  # sent before the cut at now + 0.01
+    assert ctl.rate == rate
+    assert ctl.cuts == 1
+
+
+def test_a_refusal_with_nothing_measured_restarts_low_and_climbs() -> None:
+    """
+    The first burst of a walk refused at once: restart at 1/s and add 1/s per clean answer while the
+    rate binds (exponential in time); refusals before a pace was sustained keep the fast climb.
+    """
+    ctl = RateController(beta=0.8)
+    assert ctl.refused(0.0, 0.0) is True  # the very first answer is a 429
+    assert ctl.rate == pytest.approx(1.0)
+    assert ctl.refused(0.5, 0.6) is True  # sent after the cut, nothing admitted since: still starting
+    assert ctl.rate == pytest.approx(0.8)
+    now = steady(ctl, 1.0, 10.0, 1.0)  # ten clean answers
+    assert ctl.rate == pytest.approx(10.8)
+    ctl.refused(now + 0.01, now + 0.02)  # refused after a sustained climb: that pace is the peak
+    assert ctl.peak == pytest.approx(10.8)
+    assert ctl.rate == pytest.approx(0.8 * 10.8)
+    rate = ctl.rate
+    steady(ctl, now + 0.02, 10.0, 0.5)
+    assert rate < ctl.rate < rate + 1.0  # now cubic, not one per answer
+
+
+def test_the_first_refusal_of_a_short_history_is_not_trusted() -> None:
+    """Too few answers (or too short a span) to measure by count as nothing measured."""
+    ctl = RateController(beta=0.5)
+    ctl.admitted(0.0, LATENCY)
+    ctl.admitted(0.1, LATENCY)
+    ctl.refused(0.15, 0.2)
+    assert ctl.rate == pytest.approx(1.0)  # the restart rate, not 2 answers / 0.2 s
+
+
+def test_growth_is_cubic_back_to_the_peak_and_beyond() -> None:
+    """After a cut the rate climbs to the peak in one probe period, flat near it, then probes above."""
+    ctl = RateController(beta=0.8, requests_per_cycle=100.0)
+    now = steady(ctl, 0.0, 20.0, 5.0)
+    ctl.refused(now, now)
+    peak = ctl.peak
+    probe = 100.0 / peak  # seconds from the cut back to the peak
+    half = steady(ctl, now, 10.0, probe / 2)
+    assert 0.8 * peak < ctl.rate < peak  # concave: most of the way back already
+    assert ctl.rate - 0.8 * peak > (peak - 0.8 * peak) / 2
+    back = steady(ctl, half, 10.0, probe / 2)
+    assert ctl.rate == pytest.approx(peak, rel=0.01)
+    steady(ctl, back, 10.0, probe)
+    assert ctl.rate == pytest.approx(peak * 1.2, rel=0.01)  # convex: as far above as the cut was below
+
+
+def test_no_growth_while_demand_sets_the_pace() -> None:
+    """A rate that holds nothing back is not evidence that more is fine: it does not grow."""
+    ctl = RateController()
+    now = steady(ctl, 0.0, 20.0, 5.0)
+    ctl.refused(now, now)
+    rate = ctl.rate
+    steady(ctl, now, 5.0, 30.0, held=False)
+    assert ctl.rate == rate
+
+
+def test_ceiling_and_floor_bound_the_rate() -> None:
+    """The configured requests_per_second is a ceiling; cuts stop at the floor."""
+    ctl = RateController(ceiling=10.0, floor=0.5, beta=0.5)
+    now = steady(ctl, 0.0, 20.0, 5.0)
+    ctl.refused(now, now)
+    assert ctl.rate == 10.0  # 0.5 * 20 measured, at the ceiling
+    steady(ctl, now, 10.0, 120.0)
+    assert ctl.rate == 10.0
+    low = RateController(floor=0.5, beta=0.5)
+    t = 0.0
+    for _ in range(20):
+        t += 1.0
+        low.refused(t, t)
+    assert low.rate == 0.5
+
+
+def test_a_sustained_pace_refused_again_is_measured_since_the_cut() -> None:
+    """Refusals that go on after a cut mean the server is saturated: its admitted rate is the limit."""
+    ctl = RateController(beta=0.9)
+    now = steady(ctl, 0.0, 40.0, 5.0)
+    ctl.refused(now, now)  # peak ~40, rate ~36
+    now = steady(ctl, now, 10.0, 2.0, held=False)  # the limit dropped: only 10/s come back
+    ctl.refused(now, now + 0.01)
+    assert ctl.peak == pytest.approx(10.0, rel=0.05)
+    assert ctl.rate == pytest.approx(9.0, rel=0.05)
+
+
+def test_rising_latency_holds_growth_and_a_climb_cuts() -> None:
+    """Queueing shows before refusals: latency well above its floor stops growth, far above cuts."""
+    ctl = RateController(beta=0.5, window=1.0)
+    now = steady(ctl, 0.0, 20.0, 5.0)
+    ctl.refused(now, now)
+    for _ in range(5):  # the smoothed latency climbs to 0.4 s, well above the 20 ms floor
+        now += 0.1
+        ctl.admitted(now, 0.4)
+    rate = ctl.rate
+    assert rate is not None
+    for _ in range(10):  # the budget binds, but the latency says the server queues: no growth
+        now += 0.1
+        ctl.held()
+        ctl.admitted(now, 0.4)
+    assert ctl.rate == rate
+    cuts = ctl.cuts
+    for _ in range(10):  # far above: one cut, and none again within 2 windows
+        now += 0.1
+        ctl.admitted(now, 2.0)
+    assert ctl.cuts == cuts + 1
+    assert ctl.rate == pytest.approx(rate * 0.5)
+
+
+def test_the_latency_floor_is_forgotten_after_30_seconds() -> None:
+    """A floor from long ago does not make today's normal latency look like queueing."""
+    ctl = RateController()
+    now = steady(ctl, 0.0, 20.0, 5.0)
+    ctl.refused(now, now)
+    rate = ctl.rate
+    assert rate is not None
+    now += 31.0
+    for _ in range(30):  # a new normal: 0.3 s, now the floor; growth resumes
+        now += 0.1
+        ctl.held()
+        ctl.admitted(now, 0.3)
+    assert ctl.rate > rate
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ok", "refused", "held"]),
+            st.floats(min_value=0.0, max_value=5.0),
+            st.floats(min_value=0.0, max_value=3.0),
+        ),
+        max_size=300,
+    ),
+    st.one_of(st.none(), st.floats(min_value=1.0, max_value=500.0)),
+)
+def test_the_rate_stays_within_its_bounds(
+    events: list[tuple[str, float, float]], ceiling: float | None
+) -> None:
+    """Whatever the answers, the rate is None only before a refusal, then within [floor, ceiling]."""
+    ctl = RateController(ceiling)
+    now = 0.0
+    refused = False
+    for kind, step, latency in events:
+        now += step
+        if kind == "ok":
+            ctl.admitted(now, latency)
+        elif kind == "held":
+            ctl.held()
+        else:
+            ctl.refused(now - latency, now)
+            refused = True
+        if not refused:
+            assert ctl.rate is None
+        else:
+            assert ctl.rate is not None
+            assert math.isfinite(ctl.rate)
+            assert ctl.rate >= ctl.floor
+            assert ceiling is None or ctl.rate <= ceiling
+
+
+# -- the pace ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_new_rate_applies_to_requests_already_waiting() -> None:
+    """Raising the rate releases a request queued at the old, slow pace at once."""
+    pace = LearntPace(0.01)  # one request per 100 s
+    assert await pace.acquire() == 0.0
+    released = anyio.Event()
+
+    async def second() -> None:
+        await pace.acquire()
+        released.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(second)
+            await anyio.lowlevel.checkpoint()
+            assert not released.is_set()
+            pace.set_rate(10_000.0)
+            await released.wait()
+
+
+@pytest.mark.anyio
+async def test_fixed_pacer_ignores_answers() -> None:
+    """With adaptive pacing off there is no controller, and answers change nothing."""
+    pacer = Pacer(Limits(adaptive=False))
+    pacer.answered(0.0, refused=True)
+    assert pacer.rate is None
+    assert pacer.learnt is None
+
+
+# -- the client ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_bare_429_cuts_the_pace_instead_of_pausing_everyone() -> None:
+    """Adaptive (the default): a 429 without Retry-After slows the pace; nobody sits out a cool-down."""
+    events: list[RequestEvent] = []
+    async with FakeAirudder(workflows=3) as fake, fake.client(event_hook=events.append) as client:
+        for _ in range(6):
+            await client.list_workflows()
+        fake.inject(Fault.rate_limited(None))
+        await client.list_workflows()
+        stats = client.stats
+        assert client._loop is not None
+        assert client._loop.pacer.cooldown_until == 0.0  # nobody is held back but by the pace
+    assert stats.rate_limited == 1
+    assert stats.pacing_cuts == 1
+    assert stats.pacing_rate is not None
+    assert events[-1].pacing_rate == stats.pacing_rate
+    assert events[0].pacing_rate is None
+
+
+@pytest.mark.anyio
+async def test_a_bare_429_pauses_everyone_when_adaptive_is_off() -> None:
+    """Limits(adaptive=False): no learnt pace; a 429 cools every task down as before."""
+    async with (
+        FakeAirudder(workflows=3) as fake,
+        fake.client(limits=Limits(adaptive=False)) as client,
+    ):
+        await client.list_workflows()
+        fake.inject(Fault.rate_limited(None))
+        await client.list_workflows()
+        stats = client.stats
+        assert client._loop is not None
+        assert client._loop.pacer.cooldown_until > 0  # every task is held back until then
+    assert stats.pacing_rate is None
+    assert stats.pacing_cuts == 0
+
+
+@pytest.mark.anyio
+async def test_a_walk_learns_an_unknown_limit() -> None:
+    """
+    Against a server allowing 40 requests/s, the default walk learns a pace under it: few of its
+    requests are refused (fixed pacing has about 80% refused here; the benchmark measures both).
+    """
+    async with (
+        FakeAirudder(workflows=800, latency=0.005, rate_limit=RateLimit(rate=40.0, burst=4)) as fake,
+        fake.client(retry=RetryPolicy(attempts=100)) as client,
+    ):
+        seen = [wf.workflow_id async for wf in client.iter_workflows(page_size=10)]
+        assert len(seen) == len(set(seen)) == 800
+        assert fake.rate_limit_stats().refused_share < 0.25
+        assert client.stats.pacing_rate is not None
+        assert 5.0 < client.stats.pacing_rate < 80.0
