@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ._config import Limits
+
+if TYPE_CHECKING:
+    from .coordination import RateBudget
 
 __all__ = ["Pacer", "TokenBucket"]
 
@@ -50,9 +54,12 @@ class TokenBucket:
 class Pacer:
     """
     One per client: every request passes here, so the cap, the budget and a 429 cool-down are shared.
+
+    With a *shared* budget (`coordination.RateBudget`), it replaces the local budget and cool-down.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, shared: RateBudget | None = None) -> None:
+        self.shared = shared
         self.limiter = anyio.CapacityLimiter(limits.max_in_flight)
         self.bucket = (
             TokenBucket(limits.requests_per_second, limits.burst) if limits.requests_per_second else None
@@ -61,10 +68,13 @@ class Pacer:
         self.budget_wait = 0.0
         self.cooldown_wait = 0.0
 
-    def cool_down(self, seconds: float) -> None:
+    async def cool_down(self, seconds: float) -> None:
         """
         Hold every request back for *seconds* from now (never shortening a cool-down already set).
         """
+        if self.shared is not None:
+            await self.shared.cool_down(seconds)
+            return
         self.cooldown_until = max(self.cooldown_until, anyio.current_time() + seconds)
 
     @asynccontextmanager
@@ -73,6 +83,10 @@ class Pacer:
         Hold one in-flight slot, after waiting out any cool-down and the budget.
         """
         async with self.limiter:
+            if self.shared is not None:
+                self.budget_wait += await self.shared.acquire()  # budget and cool-down in one wait
+                yield
+                return
             while (wait := self.cooldown_until - anyio.current_time()) > 0:
                 self.cooldown_wait += wait
                 await anyio.sleep(wait)
