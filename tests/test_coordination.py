@@ -277,12 +277,20 @@ async def test_shared_dedupe_refusals() -> None:
             raise AssertionError("not called")
 
     one = attrs.evolve(DEFAULT_WEBHOOK_LIMITS, max_pending=1)
+    body = json.dumps({**EVENT, "case_id": "late"}).encode()
     async with (
         serve(webhook_app(slow, dedupe=MemoryDedupeStore(), limits=one)) as busy,
         serve(webhook_app(slow, dedupe=Unreachable())) as broken,
         aiohttp.ClientSession() as session,
     ):
-        assert await _post(session, busy + "/airudder/webhook") == 200
+        host, port = busy.removeprefix("http://").split(":")
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            head = "POST /airudder/webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            await stream.send(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:5])
+            await anyio.wait_all_tasks_blocked()  # this body is half read: the cap was not reached yet
+            assert await _post(session, busy + "/airudder/webhook") == 200  # fills the one slot
+            await stream.send(body[5:])
+            assert (await stream.receive()).startswith(b"HTTP/1.1 503")
         assert await _post(session, busy + "/airudder/webhook", {**EVENT, "case_id": "x"}) == 503
         assert await _post(session, broken + "/airudder/webhook") == 503
         release.set()
