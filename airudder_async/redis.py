@@ -354,6 +354,8 @@ class RedisDedupeStore:
         """
         b = self._backend
         await self._local.forget(key)
+        if b.is_local():
+            return
         with contextlib.suppress(_Fallback, CoordinationError):
             await b.call("webhook dedupe", lambda: b.client.delete(f"{self._keys}:{key.hex()}"))
 
