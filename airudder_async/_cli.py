@@ -132,6 +132,17 @@ def int_between(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def partition_spec(text: str) -> tuple[int, int]:
+    """Parse `--partition I/K` (I from 0 to K - 1); argparse reports the error."""
+    match = re.fullmatch(r"([0-9]{1,9})/([0-9]{1,9})", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/K, e.g. 0/4 (I counts from 0 to K - 1)")
+    i, k = int(match[1]), int(match[2])
+    if not 0 <= i < k:
+        raise argparse.ArgumentTypeError(f"{text!r}: I must be between 0 and K - 1")
+    return i, k
+
+
 def program() -> list[str]:
     """Return how this process was started (for the resume hint): the script, or python -m."""
     arg0 = sys.argv[0] if sys.argv else ""
@@ -364,6 +375,7 @@ def _filters(args: argparse.Namespace) -> dict[str, object]:
         "until": _utc_or_none(args.until),
         "page_size": args.page_size,
         "max_items": args.max_items,
+        "partition": None if args.partition is None else "/".join(map(str, args.partition)),
     }
 
 
@@ -620,6 +632,7 @@ def _new_walk(client: AirudderClient, args: argparse.Namespace) -> WorkflowItera
         page_size=args.page_size,
         max_items=args.max_items,
         prefetch=args.prefetch,
+        partition=args.partition,
     )
 
 
