@@ -411,3 +411,31 @@ async def test_a_token_fetched_while_redis_goes_down_is_still_used(redis_server:
             return "fresh"
 
         assert await store.obtain(fetch, lifetime=10) == ("fresh", 10)
+
+
+async def test_two_receiver_replicas_deliver_an_event_once(redis_server: RedisServer) -> None:
+    """The same event delivered 5 times across 2 replicas (own Redis connections): 1 callback."""
+    from airudder_async.webhooks import WebhookEvent, webhook_app
+    from tests.support import serve
+
+    delivered: list[WebhookEvent] = []
+
+    async def on_event(event: WebhookEvent) -> None:
+        delivered.append(event)
+
+    event = {"workflow_id": "wf-1", "case_id": "c-1", "status": "finished", "actions": []}
+    async with (
+        FakeAirudder() as fake,
+        coordinated(redis_server.url) as one,
+        coordinated(redis_server.url) as two,
+        serve(webhook_app(on_event, dedupe=one.dedupe_store())) as a,
+        serve(webhook_app(on_event, dedupe=two.dedupe_store())) as b,
+    ):
+        statuses = []
+        for url in (a, b, a, b, a):  # AIRUDDER's retries, landing on either replica
+            statuses += await fake.send_webhook(url + "/airudder/webhook", event)
+        async with anyio.create_task_group() as tg:  # and 5 at once, racing each other
+            for url in (a, b, a, b, a):
+                tg.start_soon(fake.send_webhook, url + "/airudder/webhook", {**event, "case_id": "c-2"})
+    assert statuses == [200] * 5
+    assert sorted(e.raw["case_id"] for e in delivered) == ["c-1", "c-2"]
