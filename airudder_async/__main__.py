@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     walk.add_argument("--max-items", type=int_between(1), metavar="N", help="stop after N workflows")
     walk.add_argument(
+        "--rate",
+        type=float,
+        metavar="N",
+        help="at most N requests per second; with AIRUDDER_REDIS_URL set, N for every process together "
+        "(they also share one token and the cool-down after a 429)",
+    )
+    walk.add_argument(
         "--partition",
         type=partition_spec,
         metavar="I/K",
@@ -137,6 +144,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
             partition_window(args.since, args.until, index=index, count=count)
         except ValueError as exc:
             parser.error(f"--partition {index}/{count}: {exc}")
+    if args.rate is not None and not 0 < args.rate < math.inf:  # also refuses nan
+        parser.error("--rate must be a finite number > 0")
     if not 0 <= args.sandbox_latency < math.inf:  # also refuses nan
         parser.error("--sandbox-latency must be a finite number >= 0")
     return args

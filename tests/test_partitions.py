@@ -15,7 +15,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, make_workflows
+from airudder_async.testing import AUTH_PATH, INSTANCELIST_PATH, FakeAirudder, make_workflows
+from tests.redis_support import RedisServer
 from tests.support import cli
 
 pytestmark = pytest.mark.anyio
@@ -127,3 +128,45 @@ async def test_four_partition_processes_one_killed_and_resumed(tmp_path: Path) -
     assert len(exported) == 10_000
     assert sorted(exported) == sorted(fake.workflow_ids())
     assert not checkpoint.exists()
+
+
+async def test_cli_processes_share_the_token_through_redis(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With AIRUDDER_REDIS_URL, two exports make one auth request between them, under a --rate budget."""
+    async with FakeAirudder(workflows=300) as fake:
+        for name, value in {**_env(fake), "AIRUDDER_REDIS_URL": redis_server.url}.items():
+            monkeypatch.setenv(name, value)
+        for i in range(2):
+            run = await cli(
+                "export", "--rate", "500", "--page-size", "50", "-o", str(tmp_path / f"{i}.jsonl")
+            )
+            assert (run.code, run.err) == (0, "")
+        assert fake.hits("POST", AUTH_PATH) == 1
+    assert ids(tmp_path / "0.jsonl") == ids(tmp_path / "1.jsonl") == fake.workflow_ids()
+
+
+async def test_cli_redis_url_problems_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad AIRUDDER_REDIS_URL, a missing redis extra or a bad --rate exit 2 with what to do."""
+    monkeypatch.setenv("AIRUDDER_APP_KEY", "key")
+    monkeypatch.setenv("AIRUDDER_APP_SECRET", "secret")
+    monkeypatch.setenv("AIRUDDER_REDIS_URL", "http://user:pa55@host")
+    run = await cli("workflows")
+    assert run.code == 2
+    assert "must be a redis://" in run.err
+    assert "pa55" not in run.err
+    monkeypatch.setitem(sys.modules, "airudder_async.redis", None)
+    run = await cli("workflows")
+    assert run.code == 2
+    assert "pip install 'airudder-async[redis]'" in run.err
+    assert (await cli("workflows", "--sandbox", "5", "--rate", "0")).code == 2
+    assert "--rate must be" in capsys.readouterr().err
+
+
+async def test_sandbox_takes_the_rate() -> None:
+    """--rate paces the sandbox walk too."""
+    run = await cli("workflows", "--sandbox", "30", "--page-size", "10", "--rate", "1000")
+    assert run.code == 0
+    assert len(run.out.splitlines()) == 30
