@@ -30,6 +30,7 @@ supply your own check.
 | 500 | *verify_signature* raised (logged) |
 | 503 | busy: *max_pending* callbacks pending, or *max_large_bodies* large bodies in progress |
 | 503 | the receiver is not running: not started, or shutting down |
+| 503 | a shared *dedupe* store (Redis) could not be reached |
 
 A JSON object that does not fit the model of its kind is not refused (AIRUDDER's retries could not
 fix it): it is delivered as a `GenericEvent` whose *decode_error* says why, with a WARNING log line.
