@@ -121,7 +121,7 @@ async def test_cool_down_is_shared_and_never_shortened(redis_server: RedisServer
         await b.rate_budget(app_key="k", rate=None, burst=1).cool_down(0.05)
         assert await client.get(key) == ends
         waited = await b.rate_budget(app_key="k", rate=None, burst=1).acquire()
-    assert 0.2 < waited <= 0.3
+    assert 0.2 < waited <= 0.31  # Redis and the event loop keep separate clocks: allow their drift
 
 
 async def test_a_request_waiting_its_turn_also_waits_a_later_cool_down(redis_server: RedisServer) -> None:
@@ -361,7 +361,7 @@ async def test_frozen_redis_fails_within_the_timeout(redis_server: RedisServer) 
         finally:
             redis_server.resume()
         elapsed = anyio.current_time() - started
-    assert 0.45 <= elapsed < 1.0
+    assert 0.45 <= elapsed < 1.2
 
 
 async def test_redis_stopped_mid_walk_falls_back_locally(
