@@ -65,7 +65,11 @@ async def main(config: dict[str, object]) -> dict[str, object]:
             report["error"] = type(exc).__name__
         stats = client.stats
     report.update(
-        auth_requests=stats.auth_requests, rate_limited=stats.rate_limited, sent=sent, refused=refused
+        auth_requests=stats.auth_requests,
+        retries=stats.retries,
+        rate_limited=stats.rate_limited,
+        sent=sent,
+        refused=refused,
     )
     return report
 

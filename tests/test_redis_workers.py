@@ -62,7 +62,11 @@ async def test_four_workers_share_one_budget_and_one_token(redis_server: RedisSe
         reports = await run_workers(fake, redis_server, 4, mode="list", n=50, rate=40)
     lists = [r for r in fake.requests if r.path == INSTANCELIST_PATH]
     assert [r["error"] for r in reports] == [None] * 4
-    assert len(lists) == 200
+    # 200, plus any attempt retried after a transport hiccup (a loaded machine drops a connection now
+    # and then); never one refused by the rate limit.
+    retried = [reason for r in reports for reason, n in r["retries"].items() for _ in range(n)]
+    assert "429" not in retried
+    assert len(lists) == 200 + len(retried)
     assert sum(r.is_rate_limited for r in lists) == 0
     assert sum(r["rate_limited"] for r in reports) == 0
     assert busiest_second([r.at for r in lists]) <= 42
@@ -85,7 +89,8 @@ async def test_a_429_to_one_worker_holds_every_worker(redis_server: RedisServer)
     assert [t for t in arrived if seen + 0.05 <= t < seen + 1.0] == []
     assert any(t >= seen + 1.0 for t in sent)
     assert [r["error"] for r in reports] == [None] * 4
-    assert len(arrived) == 121
+    retried = sum(n for r in reports for n in r["retries"].values())
+    assert len(arrived) == 120 + retried  # the refused request was retried, once
 
 
 async def test_a_revoked_token_costs_one_auth_request(redis_server: RedisServer) -> None:
