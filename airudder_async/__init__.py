@@ -22,6 +22,7 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
+from ._partition import partition_window
 from ._protocol import Response
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ __all__ = [
     "Timeouts",
     "WorkflowIterator",
     "__version__",
+    "partition_window",
 ]
 
 # The names that need aiohttp or anyio load on first use, so that the pure modules (`_protocol`,

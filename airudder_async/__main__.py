@@ -15,8 +15,9 @@ from typing import BinaryIO, TextIO
 
 import anyio
 
-from ._cli import PROG, aware_time, int_between, program, run
+from ._cli import PROG, aware_time, int_between, partition_spec, program, run
 from ._config import DEFAULT_PAGE_SIZE, DEFAULT_PREFETCH, MAX_PAGE_SIZE
+from ._partition import partition_window
 
 __all__ = ["amain", "build_parser", "main"]
 
@@ -55,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"workflows per request, 1..{MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE})",
     )
     walk.add_argument("--max-items", type=int_between(1), metavar="N", help="stop after N workflows")
+    walk.add_argument(
+        "--rate",
+        type=float,
+        metavar="N",
+        help="at most N requests per second; with AIRUDDER_REDIS_URL set, N for every process together "
+        "(they also share one token and the cool-down after a 429)",
+    )
+    walk.add_argument(
+        "--partition",
+        type=partition_spec,
+        metavar="I/K",
+        help="walk only part I (0 .. K-1) of K disjoint parts of the --since/--until window (both "
+        "required, the same for every part); run the K parts anywhere, each with its own output",
+    )
     walk.add_argument(
         "--prefetch",
         type=int_between(1),
@@ -121,6 +136,16 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
     args = parser.parse_args(argv)
     if args.since is not None and args.until is not None and args.since > args.until:
         parser.error(f"--since {args.since.isoformat()} is after --until {args.until.isoformat()}")
+    if args.partition is not None:
+        if args.since is None or args.until is None:
+            parser.error("--partition needs --since and --until: every part must split the same window")
+        index, count = args.partition
+        try:
+            partition_window(args.since, args.until, index=index, count=count)
+        except ValueError as exc:
+            parser.error(f"--partition {index}/{count}: {exc}")
+    if args.rate is not None and not 0 < args.rate < math.inf:  # also refuses nan
+        parser.error("--rate must be a finite number > 0")
     if not 0 <= args.sandbox_latency < math.inf:  # also refuses nan
         parser.error("--sandbox-latency must be a finite number >= 0")
     return args

@@ -7,11 +7,15 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ._protocol import Response
 from .errors import AirudderError, AuthenticationError, DecodeError
+
+if TYPE_CHECKING:
+    from .coordination import TokenStore
 
 __all__ = [
     "AUTH_PATH",
@@ -90,6 +94,9 @@ class TokenCache:
     *fetch* performs the auth call and returns the token. A failed fetch is reported (as a copy, so each
     caller may annotate its own) to every caller that was already waiting when it ended: a wave of
     concurrent callers with bad credentials costs one auth request, not one each.
+
+    With a *store* (`coordination.TokenStore`), a missing or refused token is looked up there first, and
+    fetched through it, so every client sharing the store makes one auth request between them.
     """
 
     def __init__(
@@ -99,7 +106,10 @@ class TokenCache:
         clock: Callable[[], float] = time.monotonic,
         lifetime: float = TOKEN_LIFETIME,
         margin: float = TOKEN_REFRESH_MARGIN,
+        store: TokenStore | None = None,
     ) -> None:
+        self._store = store
+        self._refused: str | None = None  # refused here, not yet invalidated in the store
         self._fetch = fetch
         self._clock = clock
         self._lifetime = lifetime
@@ -145,6 +155,8 @@ class TokenCache:
                 # A fetch ended in failure while we waited: share it rather than ask again.
                 raise copy.copy(failure) from failure
             self._failure = None
+            if self._store is not None:
+                return await self._from_store(self._store)
             self.fetches += 1
             try:
                 token = await self._fetch()
@@ -159,9 +171,38 @@ class TokenCache:
             self._token, self._obtained_at = token, self._clock()
             return token
 
+    async def _from_store(self, store: TokenStore) -> str:
+        """The shared token, fetched through *store* when it has none (under the local lock)."""
+        try:
+            if self._refused is not None:
+                await store.invalidate(self._refused)
+                self._refused = None
+            shared = await store.get()
+            if shared is None:
+                shared = await store.obtain(self._counted_fetch, lifetime=self._lifetime - self._margin)
+        except AirudderError as exc:
+            self._failure = exc
+            self._completed += 1
+            raise
+        self._completed += 1
+        token, valid_for = shared
+        # Fresh here for as long as it is in the store: is_fresh() counts from the time obtained.
+        self._token, self._obtained_at = token, self._clock() - (self._lifetime - self._margin - valid_for)
+        return token
+
+    async def _counted_fetch(self) -> str:
+        self.fetches += 1
+        token = await self._fetch()
+        if self._successes:
+            self.refreshes += 1
+        self._successes += 1
+        return token
+
     def invalidate(self, refused: str) -> None:
         """
         Forget *refused* after the API rejected it; a newer token obtained meanwhile is kept.
         """
         if self._token == refused:
             self._token = None
+            if self._store is not None:
+                self._refused = refused

@@ -34,17 +34,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 import anyio
 import anyio.to_thread
 
 from . import _json
 from ._client import AirudderClient
+from ._config import DEFAULT_LIMITS, Limits
 from ._pagination import WorkflowIterator
 from ._time import format_time
 from .errors import AirudderError
 from .models import Cursor, Workflow
+
+if TYPE_CHECKING:
+    from .redis import RedisCoordination
 
 fcntl: ModuleType | None
 try:
@@ -130,6 +134,17 @@ def int_between(low: int, high: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def partition_spec(text: str) -> tuple[int, int]:
+    """Parse `--partition I/K` (I from 0 to K - 1); argparse reports the error."""
+    match = re.fullmatch(r"([0-9]{1,9})/([0-9]{1,9})", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/K, e.g. 0/4 (I counts from 0 to K - 1)")
+    i, k = int(match[1]), int(match[2])
+    if not 0 <= i < k:
+        raise argparse.ArgumentTypeError(f"{text!r}: I must be between 0 and K - 1")
+    return i, k
 
 
 def program() -> list[str]:
@@ -364,6 +379,7 @@ def _filters(args: argparse.Namespace) -> dict[str, object]:
         "until": _utc_or_none(args.until),
         "page_size": args.page_size,
         "max_items": args.max_items,
+        "partition": None if args.partition is None else "/".join(map(str, args.partition)),
     }
 
 
@@ -509,9 +525,15 @@ async def run(
     fails. Credentials come from *environ* (default: `os.environ`) unless `--sandbox` is given.
     """
     client: AirudderClient | None = None
+    coordination = None
     if args.sandbox is None:
         try:
-            client = AirudderClient.from_env(environ)
+            coordination = _coordination(environ)
+            limits = Limits(requests_per_second=args.rate) if args.rate else DEFAULT_LIMITS
+            client = AirudderClient.from_env(environ, limits=limits, coordination=coordination)
+        except UsageError as exc:
+            _say(stderr, f"error: {exc}")
+            return 2
         except RuntimeError:
             _say(stderr, _MISSING_CREDENTIALS)
             return 2
@@ -521,13 +543,17 @@ async def run(
     enabled = args.progress if args.progress is not None else stderr.isatty()
     try:
         async with contextlib.AsyncExitStack() as stack:
+            if coordination is not None:
+                stack.push_async_callback(coordination.aclose)
             if client is None:
                 from .testing import FakeAirudder  # imported late: it pulls in aiohttp.web
 
                 fake = await stack.enter_async_context(
                     FakeAirudder(workflows=args.sandbox, latency=args.sandbox_latency)
                 )
-                client = fake.client()
+                client = (
+                    fake.client(limits=Limits(requests_per_second=args.rate)) if args.rate else fake.client()
+                )
             if args.command == "export":
                 return await _export(
                     args,
@@ -547,6 +573,24 @@ async def run(
     except BrokenPipeError:
         _silence_stdout(stdout)
         return 0
+
+
+def _coordination(environ: Mapping[str, str] | None) -> RedisCoordination | None:
+    """The Redis coordination `AIRUDDER_REDIS_URL` asks for (read from the environment only, so the
+    URL and its password never appear in the command line or in the resume command printed)."""
+    url = (os.environ if environ is None else environ).get("AIRUDDER_REDIS_URL")
+    if not url:
+        return None
+    try:
+        from .redis import RedisCoordination
+    except ImportError:
+        raise UsageError(
+            "AIRUDDER_REDIS_URL is set but the redis extra is missing: pip install 'airudder-async[redis]'"
+        ) from None
+    try:
+        return RedisCoordination(url=url)
+    except ValueError:
+        raise UsageError("AIRUDDER_REDIS_URL must be a redis://, rediss:// or unix:// URL") from None
 
 
 async def _workflows(
@@ -620,6 +664,7 @@ def _new_walk(client: AirudderClient, args: argparse.Namespace) -> WorkflowItera
         page_size=args.page_size,
         max_items=args.max_items,
         prefetch=args.prefetch,
+        partition=args.partition,
     )
 
 

@@ -33,9 +33,11 @@ from ._config import (
 )
 from ._convert import decode_page, ids_in, parse_page, rows, str_or_none
 from ._pagination import WorkflowIterator
+from ._partition import partition_window
 from ._protocol import RAW_DEPTH, Response
 from ._session import SendLoop
 from ._time import format_time
+from .coordination import Coordination
 from .errors import DecodeError
 from .models import (
     ClientStats,
@@ -171,6 +173,7 @@ class ClientOptions(TypedDict, total=False):
     retry: RetryPolicy
     user_agent: str | None
     event_hook: Callable[[RequestEvent], object] | None
+    coordination: Coordination | None
 
 
 _READ_ONLY = frozenset({"base_url", "timeouts", "limits", "retry", "user_agent"})
@@ -214,7 +217,9 @@ class AirudderClient:
 
     It owns one aiohttp session (or uses *session*, which it then never closes), obtains and renews
     the API token, and sends every request through one pacer (*limits*) and retry policy (*retry*).
-    *event_hook* is called with a `RequestEvent` for each attempt, answer and retry.
+    *event_hook* is called with a `RequestEvent` for each attempt, answer and retry. With a
+    *coordination* (e.g. `airudder_async.redis.RedisCoordination`), every client of the same APPKey
+    shares one token, one rate budget (*limits*' `requests_per_second` and `burst`) and one 429 cool-down.
     """
 
     def __init__(
@@ -229,6 +234,7 @@ class AirudderClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         user_agent: str | None = None,
         event_hook: Callable[[RequestEvent], object] | None = None,
+        coordination: Coordination | None = None,
     ) -> None:
         for name, value in (("app_key", app_key), ("app_secret", app_secret)):
             if not isinstance(value, str) or not value:
@@ -250,6 +256,7 @@ class AirudderClient:
             f"airudder-async/{_version()} Python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
         )
         self._event_hook = event_hook
+        self._coordination = coordination
         self._user_session = session
         self._session: aiohttp.ClientSession | None = None
         self._loop: SendLoop | None = None
@@ -322,6 +329,7 @@ class AirudderClient:
             app_key=self._app_key,
             app_secret=self._app_secret,
             event_hook=self._event_hook,
+            coordination=self._coordination,
         )
         # Prefetch tasks live in a task group held by one owner task, not by the caller's task: a task
         # group entered here would keep a cancel scope open across the caller's code, breaking any
@@ -468,6 +476,7 @@ class AirudderClient:
         cursor: Cursor | None = None,
         retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
+        partition: tuple[int, int] | None = None,
     ) -> WorkflowIterator:
         """
         Walk every workflow, newest first, across pages; return an async iterator.
@@ -478,7 +487,9 @@ class AirudderClient:
         walk pins *end_time* to the moment it starts, so workflows created meanwhile do not push older
         ones onto later pages. Pass a *cursor* (from `iterator.cursor` or an error's `cursor`) to
         resume a walk with its own window and page size. *retry* and *timeouts* override the
-        client's for each page request of this walk.
+        client's for each page request of this walk. *partition* `(i, k)` walks only window *i* of the
+        *k* disjoint windows `partition_window()` splits *start_time*..*end_time* into (both needed):
+        the *k* partition walks together yield the whole walk's workflows, each once.
         """
         if max_items is not None and (type(max_items) is not int or max_items < 1):
             raise ValueError(f"max_items must be an int >= 1 or None, got {max_items!r}")
@@ -489,7 +500,20 @@ class AirudderClient:
                 raise TypeError(f"cursor must be a Cursor, got {type(cursor).__name__}")
             if start_time is not None or end_time is not None:
                 raise ValueError("a cursor carries its own window: do not pass start_time/end_time with it")
+            if partition is not None:
+                raise ValueError("a cursor carries its own window: do not pass partition with it")
             start_time, end_time, page_size = cursor.start_time, cursor.end_time, cursor.page_size
+        if partition is not None:
+            if start_time is None or end_time is None:
+                raise ValueError(
+                    "a partitioned walk needs both start_time and end_time (the same in every part)"
+                )
+            _check_window(start_time, end_time)
+            if not isinstance(partition, tuple) or len(partition) != 2:
+                raise TypeError(f"partition must be a tuple (index, count), got {partition!r}")
+            start_time, end_time = partition_window(
+                start_time, end_time, index=partition[0], count=partition[1]
+            )
         _check_size("page_size", page_size)
         _check_window(start_time, end_time)
         _check_overrides(retry, timeouts)

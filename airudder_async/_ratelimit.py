@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ._adaptive import RateController
 from ._config import Limits
+
+if TYPE_CHECKING:
+    from .coordination import RateBudget
 
 __all__ = ["LearntPace", "Pacer", "TokenBucket"]
 
@@ -87,10 +91,13 @@ class Pacer:
     One per client: every request passes here, so the cap, the budget and a 429 cool-down are shared.
 
     With `Limits.adaptive`, a `RateController` learns the account's limit from the answers (fed through
-    `answered()`) and a second bucket paces at its rate; `Limits.requests_per_second` is the ceiling.
+    `answered()`) and a `LearntPace` paces at its rate; `Limits.requests_per_second` is the ceiling.
+    With a *shared* budget (`coordination.RateBudget`), it replaces the local budget and cool-down;
+    the learnt pace, which is this process's own, still applies after it.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, shared: RateBudget | None = None) -> None:
+        self.shared = shared
         self.limiter = anyio.CapacityLimiter(limits.max_in_flight)
         self.bucket = (
             TokenBucket(limits.requests_per_second, limits.burst) if limits.requests_per_second else None
@@ -100,6 +107,14 @@ class Pacer:
         self.cooldown_until = 0.0
         self.budget_wait = 0.0
         self.cooldown_wait = 0.0
+
+    @property
+    def adapts_alone(self) -> bool:
+        """
+        Tell whether a bare 429 is answered by the learnt pace alone: with adaptive pacing and no
+        shared budget (a learnt pace is this process's own, so other workers still need the cool-down).
+        """
+        return self.controller is not None and self.shared is None
 
     @property
     def rate(self) -> float | None:
@@ -127,10 +142,13 @@ class Pacer:
         else:
             self.learnt.set_rate(rate)
 
-    def cool_down(self, seconds: float) -> None:
+    async def cool_down(self, seconds: float) -> None:
         """
         Hold every request back for *seconds* from now (never shortening a cool-down already set).
         """
+        if self.shared is not None:
+            await self.shared.cool_down(seconds)
+            return
         self.cooldown_until = max(self.cooldown_until, anyio.current_time() + seconds)
 
     @asynccontextmanager
@@ -139,11 +157,14 @@ class Pacer:
         Hold one in-flight slot, after waiting out any cool-down and the budget.
         """
         async with self.limiter:
-            while (wait := self.cooldown_until - anyio.current_time()) > 0:
-                self.cooldown_wait += wait
-                await anyio.sleep(wait)
-            if self.bucket is not None:
-                self.budget_wait += await self.bucket.acquire()
+            if self.shared is not None:
+                self.budget_wait += await self.shared.acquire()  # budget and cool-down in one wait
+            else:
+                while (wait := self.cooldown_until - anyio.current_time()) > 0:
+                    self.cooldown_wait += wait
+                    await anyio.sleep(wait)
+                if self.bucket is not None:
+                    self.budget_wait += await self.bucket.acquire()
             if self.learnt is not None:
                 self.budget_wait += await self.learnt.acquire()
             yield

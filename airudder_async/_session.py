@@ -31,6 +31,7 @@ from ._protocol import (
     slows_everyone,
 )
 from ._ratelimit import Pacer
+from .coordination import Coordination
 from .errors import (
     AirudderError,
     APIError,
@@ -91,18 +92,25 @@ class SendLoop:
         app_key: str,
         app_secret: str,
         event_hook: Callable[[RequestEvent], object] | None,
+        coordination: Coordination | None = None,
     ) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers)
-        self.pacer = Pacer(limits)
+        budget = store = None
+        if coordination is not None:  # one account, one budget and one token, across clients
+            budget = coordination.rate_budget(
+                app_key=app_key, rate=limits.requests_per_second, burst=limits.burst
+            )
+            store = coordination.token_store(app_key=app_key)
+        self.pacer = Pacer(limits, budget)
         self.max_response_size = limits.max_response_size
         self.retry = retry
         self.timeouts = timeouts
         self.event_hook = event_hook
         self._app_secret = app_secret
         self.auth = TokenCache(
-            token_fetcher(self._post_unauthenticated, app_key=app_key, app_secret=app_secret)
+            token_fetcher(self._post_unauthenticated, app_key=app_key, app_secret=app_secret), store=store
         )
         self.counters = _Counters()
         self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
@@ -241,10 +249,10 @@ class SendLoop:
                 if delay is None:
                     self.counters.errors += 1
                     raise
-                if slows_everyone(exc, adaptive=self.pacer.controller is not None):
+                if slows_everyone(exc, adaptive=self.pacer.adapts_alone):
                     # The server asked us to slow down: every task waits, not only this one. (With
                     # adaptive pacing a bare 429 cuts the pace instead; a Retry-After is still obeyed.)
-                    self.pacer.cool_down(delay)
+                    await self.pacer.cool_down(delay)
                 reason = retry_reason(exc)
                 status = exc.status if isinstance(exc, APIError) else None
             except AirudderError:

@@ -11,9 +11,10 @@ AirudderError
 │   ├── InvalidRequestError     another 4xx (or an envelope code in 400..499)
 │   ├── RateLimitedError        429 (retry_after in seconds when the server said)
 │   └── ServerError             5xx (or an envelope code >= 500)
-└── DecodeError                 the answer was not JSON, its data did not fit the model, or a webhook
-    │                           body did not fit its event
-    └── ResponseTooLargeError   the answer outgrew `Limits.max_response_size` (after decompression)
+├── DecodeError                 the answer was not JSON, its data did not fit the model, or a webhook
+│   │                           body did not fit its event
+│   └── ResponseTooLargeError   the answer outgrew `Limits.max_response_size` (after decompression)
+└── CoordinationError           the shared store (Redis) could not be reached, with on_unavailable="fail"
 ```
 
 Errors raised by a workflow walk also carry `cursor`, a `Cursor` that resumes the walk exactly where it
@@ -32,6 +33,7 @@ __all__ = [
     "APIError",
     "AirudderError",
     "AuthenticationError",
+    "CoordinationError",
     "DecodeError",
     "InvalidRequestError",
     "NotFoundError",
@@ -210,3 +212,20 @@ class ResponseTooLargeError(DecodeError):
     ) -> None:
         super().__init__(message, method=method, path=path)
         self.limit = limit
+
+
+class CoordinationError(AirudderError):
+    """
+    The store that coordinates clients of one account (Redis) could not be reached in time.
+
+    Raised only with `on_unavailable="fail"`; nothing was sent to the API for the call that got it.
+    *operation* names what was being shared (`"rate budget"`, `"token"`, `"webhook dedupe"`).
+    """
+
+    operation: str
+
+    def __init__(
+        self, message: str, *, operation: str, method: str | None = None, path: str | None = None
+    ) -> None:
+        super().__init__(message, method=method, path=path)
+        self.operation = operation

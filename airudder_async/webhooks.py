@@ -30,6 +30,7 @@ supply your own check.
 | 500 | *verify_signature* raised (logged) |
 | 503 | busy: *max_pending* callbacks pending, or *max_large_bodies* large bodies in progress |
 | 503 | the receiver is not running: not started, or shutting down |
+| 503 | a shared *dedupe* store (Redis) could not be reached |
 
 A JSON object that does not fit the model of its kind is not refused (AIRUDDER's retries could not
 fix it): it is delivered as a `GenericEvent` whose *decode_error* says why, with a WARNING log line.
@@ -86,7 +87,8 @@ from ._webhook_models import (
     parse_object,
     parse_webhook,
 )
-from .errors import DecodeError
+from .coordination import DedupeStore
+from .errors import CoordinationError, DecodeError
 
 # The public home of the names defined in `_webhook_models.py`: this list deliberately repeats theirs.
 __all__ = [
@@ -178,6 +180,7 @@ class WebhookHandler:
         kind: str | None = None,
         verify_signature: _SignatureCheck | None = None,
         limits: WebhookLimits = DEFAULT_WEBHOOK_LIMITS,
+        dedupe: DedupeStore | None = None,
     ) -> None:
         check_kind(kind)
         if not isinstance(limits, WebhookLimits):
@@ -187,6 +190,7 @@ class WebhookHandler:
         self._verify = verify_signature
         self._limits = limits
         self._dedupe = _Dedupe(limits.dedupe_size, limits.dedupe_ttl)
+        self._shared = dedupe if limits.dedupe_size else None  # dedupe_size=0 turns de-duplication off
         self._tg: TaskGroup | None = None
         self._scope: CancelScope | None = None
         self._stop: anyio.Event | None = None
@@ -309,12 +313,16 @@ class WebhookHandler:
             if isinstance(received, web.Response):
                 return received
             event, data, body = received
-            # No await from here on: checking, recording and scheduling happen as one step, so a retry
-            # racing the original is either the duplicate or the delivery, never both.
+            # No await from here on (a shared store checks and records in one atomic step instead): a
+            # retry racing the original is either the duplicate or the delivery, never both.
             tg = self._task_group()
             if tg is None:  # shutdown began while the body was read
                 return self._reject(request, 503, "receiver is shutting down")
             key, now = dedupe_key(event.kind, data, body), anyio.current_time()
+            if self._shared is not None:
+                refusal = await self._schedule_shared(request, self._shared, key, event, large)
+                scheduled = refusal is None
+                return refusal or _answer(200, "accepted")
             if self._dedupe.seen(key, now):
                 logger.info("duplicate %s webhook from %s not delivered again", event.kind, request.remote)
                 return _answer(200, "duplicate")
@@ -328,6 +336,30 @@ class WebhookHandler:
         finally:
             if large and not scheduled:
                 self._large -= 1
+
+    async def _schedule_shared(
+        self, request: web.Request, store: DedupeStore, key: bytes, event: WebhookEvent, large: bool
+    ) -> web.Response | None:
+        """Record *key* in the shared store and schedule the callback (None), or return the answer."""
+        if busy := self._busy(request):
+            return busy
+        self._pending += 1  # held across the store's round trip, so max_pending still bounds callbacks
+        try:
+            is_new = await store.first_time(key, self._limits.dedupe_ttl)
+        except CoordinationError as exc:
+            self._pending -= 1
+            return self._reject(request, 503, f"de-duplication store unavailable: {exc}")
+        tg = self._task_group()
+        if not is_new:
+            self._pending -= 1
+            logger.info("duplicate %s webhook from %s not delivered again", event.kind, request.remote)
+            return _answer(200, "duplicate")
+        if tg is None:  # shutdown began during the round trip: let AIRUDDER's retry be delivered later
+            self._pending -= 1
+            await store.forget(key)
+            return self._reject(request, 503, "receiver is shutting down")
+        tg.start_soon(self._deliver, event, large)
+        return None
 
     async def _receive(self, request: web.Request) -> web.Response | _Received:
         """Read, check and parse the body: the event with its decoded body and bytes, or a refusal."""
@@ -378,6 +410,7 @@ def webhook_handler(
     kind: str | None = None,
     verify_signature: _SignatureCheck | None = None,
     limits: WebhookLimits = DEFAULT_WEBHOOK_LIMITS,
+    dedupe: DedupeStore | None = None,
 ) -> WebhookHandler:
     """
     Build a webhook handler for a route of your own app; `webhook_app()` is the shortcut.
@@ -388,14 +421,19 @@ def webhook_handler(
 
     *callback* is awaited once per new event, after the answer. *kind* (a `WebhookKind` value) skips
     the guess from the body's keys: give each notification its own URL and pass it. *limits* holds every
-    bound: body size and read time, JSON shape, pending callbacks, de-duplication, shutdown.
+    bound: body size and read time, JSON shape, pending callbacks, de-duplication, shutdown. *dedupe*
+    (a `coordination.DedupeStore`, e.g. `RedisCoordination.dedupe_store()`) shares the record of
+    deliveries between replicas, for `limits.dedupe_ttl` seconds; when it is unreachable the answer
+    is 503, so AIRUDDER retries.
 
     Example:
         hooks = webhook_handler(on_event, limits=attrs.evolve(DEFAULT_WEBHOOK_LIMITS, max_pending=500))
         app.router.add_post("/airudder", hooks.handle)
         app.cleanup_ctx.append(hooks.lifespan)
     """
-    return WebhookHandler(callback, kind=kind, verify_signature=verify_signature, limits=limits)
+    return WebhookHandler(
+        callback, kind=kind, verify_signature=verify_signature, limits=limits, dedupe=dedupe
+    )
 
 
 def webhook_app(
@@ -405,6 +443,7 @@ def webhook_app(
     kind: str | None = None,
     verify_signature: _SignatureCheck | None = None,
     limits: WebhookLimits = DEFAULT_WEBHOOK_LIMITS,
+    dedupe: DedupeStore | None = None,
 ) -> web.Application:
     """
     Build an aiohttp app that receives webhooks on POST *path*; mount it with `add_subapp()` or run it.
@@ -415,7 +454,9 @@ def webhook_app(
     Example:
         app.add_subapp("/hooks", webhook_app(on_event))  # POST /hooks/airudder/webhook
     """
-    handler = webhook_handler(callback, kind=kind, verify_signature=verify_signature, limits=limits)
+    handler = webhook_handler(
+        callback, kind=kind, verify_signature=verify_signature, limits=limits, dedupe=dedupe
+    )
     app = web.Application()
     app.router.add_post(path, handler.handle)
     app.cleanup_ctx.append(handler.lifespan)

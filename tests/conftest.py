@@ -4,11 +4,12 @@ Shared fixtures: every test runs on asyncio through anyio's pytest plugin, again
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from airudder_async.testing import FakeAirudder
+from tests.redis_support import RedisServer
 
 
 @pytest.fixture
@@ -45,3 +46,13 @@ async def _no_leaked_tasks(anyio_backend: str) -> AsyncIterator[None]:
             break
         await asyncio.sleep(0)  # one loop turn, no wall-clock time
     assert not leaked, f"tasks left running: {[t.get_name() for t in leaked]}"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, persistence off, stopped after the test."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()

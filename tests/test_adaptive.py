@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from airudder_async import Limits, RetryPolicy
 from airudder_async._adaptive import RateController
 from airudder_async._ratelimit import LearntPace, Pacer
+from airudder_async.coordination import MemoryCoordination, MemoryRateBudget
 from airudder_async.models import RequestEvent
 from airudder_async.testing import FakeAirudder, Fault, RateLimit
 
@@ -307,3 +308,22 @@ async def test_a_walk_learns_an_unknown_limit() -> None:
         assert fake.rate_limit_stats().refused_share < 0.25
         assert client.stats.pacing_rate is not None
         assert 5.0 < client.stats.pacing_rate < 80.0
+
+
+@pytest.mark.anyio
+async def test_a_bare_429_still_pauses_every_worker_sharing_a_budget() -> None:
+    """The learnt pace is this process's own: with a shared budget a bare 429 still cools all down."""
+    shared = MemoryCoordination()
+    async with (
+        FakeAirudder(workflows=3) as fake,
+        fake.client(coordination=shared) as one,
+        fake.client(coordination=shared) as other,
+    ):
+        await one.list_workflows()
+        fake.inject(Fault.rate_limited(None))
+        await one.list_workflows()
+        assert one.stats.pacing_cuts == 1  # this process learnt from it
+        assert other._loop is not None
+        budget = other._loop.pacer.shared
+        assert isinstance(budget, MemoryRateBudget)
+        assert budget._cooldown_until > 0.0  # set for every client on the budget, not only `one`

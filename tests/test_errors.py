@@ -17,6 +17,7 @@ from airudder_async.errors import (
     AirudderError,
     APIError,
     AuthenticationError,
+    CoordinationError,
     DecodeError,
     InvalidRequestError,
     NotFoundError,
@@ -130,6 +131,7 @@ ERRORS: list[AirudderError] = [
     RateLimitedError("slow down", status=429, retry_after=3.5),
     ServerError("down", status=503, code=503),
     DecodeError("bad", field_path="data.lists[0].total"),
+    CoordinationError("redis down", operation="rate budget", method="GET", path="/z"),
 ]
 
 
@@ -151,7 +153,7 @@ def test_tree() -> None:
     assert issubclass(RequestTimeoutError, TimeoutError)
     for cls in (AuthenticationError, NotFoundError, InvalidRequestError, RateLimitedError, ServerError):
         assert issubclass(cls, APIError)
-    for cls in (TransportError, APIError, DecodeError):
+    for cls in (TransportError, APIError, DecodeError, CoordinationError):
         assert issubclass(cls, AirudderError)
 
 

@@ -28,11 +28,36 @@ PUBLIC = {
         "Timeouts",
         "WorkflowIterator",
         "__version__",
+        "partition_window",
+    ],
+    "airudder_async.coordination": [
+        "Coordination",
+        "DedupeStore",
+        "MemoryCoordination",
+        "MemoryDedupeStore",
+        "MemoryRateBudget",
+        "MemoryTokenStore",
+        "OnUnavailable",
+        "RateBudget",
+        "SharedToken",
+        "TokenStore",
+        "account_id",
+    ],
+    "airudder_async.redis": [
+        "DEFAULT_LOCK_TIMEOUT",
+        "DEFAULT_PREFIX",
+        "DEFAULT_RECHECK",
+        "DEFAULT_REDIS_TIMEOUT",
+        "RedisCoordination",
+        "RedisDedupeStore",
+        "RedisRateBudget",
+        "RedisTokenStore",
     ],
     "airudder_async.errors": [
         "APIError",
         "AirudderError",
         "AuthenticationError",
+        "CoordinationError",
         "DecodeError",
         "InvalidRequestError",
         "NotFoundError",
@@ -145,3 +170,17 @@ def test_lazy_names_are_listed_and_cached() -> None:
     assert vars(airudder_async)["AirudderClient"] is first
     with pytest.raises(AttributeError):
         airudder_async.NoSuchName  # noqa: B018 - the access is the test
+
+
+def test_redis_is_imported_only_by_its_module() -> None:
+    """A client, even with a MemoryCoordination, never imports redis; airudder_async.redis does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, airudder_async; from airudder_async.coordination import MemoryCoordination; "
+        "airudder_async.AirudderClient(app_key='k', app_secret='s', coordination=MemoryCoordination()); "
+        "assert 'redis' not in sys.modules; import airudder_async.redis; assert 'redis' in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -148,3 +148,37 @@ def webhook_limits() -> None:
     limits: WebhookLimits = attrs.evolve(DEFAULT_WEBHOOK_LIMITS, max_pending=500, body_timeout=5.0)
     app: web.Application = webhook_app(on_event, limits=limits)
     del app
+
+
+async def many_workers() -> None:
+    from datetime import UTC, datetime
+
+    from aiohttp import web
+
+    from airudder_async import Limits, partition_window
+    from airudder_async.coordination import Coordination, DedupeStore, MemoryCoordination
+    from airudder_async.errors import CoordinationError
+    from airudder_async.redis import RedisCoordination
+    from airudder_async.webhooks import WebhookEvent, webhook_app
+
+    async def on_event(event: WebhookEvent) -> None:
+        del event
+
+    since, until = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    first, last = partition_window(since, until, index=0, count=4)
+    del first, last
+    shared: Coordination = MemoryCoordination()
+    del shared
+    async with (
+        RedisCoordination(url="redis://localhost:6379/0", on_unavailable="local", timeout=1.0) as redis,
+        AirudderClient.from_env(limits=Limits(requests_per_second=40), coordination=redis) as client,
+    ):
+        try:
+            async for wf in client.iter_workflows(start_time=since, end_time=until, partition=(0, 4)):
+                del wf
+        except CoordinationError as exc:
+            operation: str = exc.operation
+            del operation
+        dedupe: DedupeStore = redis.dedupe_store(namespace="hooks")
+        app: web.Application = webhook_app(on_event, dedupe=dedupe)
+        del app
