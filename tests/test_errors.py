@@ -17,12 +17,15 @@ from airudder_async.errors import (
     AirudderError,
     APIError,
     AuthenticationError,
+    DatabaseLockedError,
     DecodeError,
     InvalidRequestError,
     NotFoundError,
     RateLimitedError,
     RequestTimeoutError,
+    SchemaVersionError,
     ServerError,
+    SyncError,
     TransportError,
 )
 from airudder_async.models import Cursor
@@ -130,6 +133,9 @@ ERRORS: list[AirudderError] = [
     RateLimitedError("slow down", status=429, retry_after=3.5),
     ServerError("down", status=503, code=503),
     DecodeError("bad", field_path="data.lists[0].total"),
+    SyncError("cannot open postgresql://u:***@h/db"),
+    DatabaseLockedError("locked"),
+    SchemaVersionError("too new", found=9, supported=1),
 ]
 
 
@@ -151,8 +157,10 @@ def test_tree() -> None:
     assert issubclass(RequestTimeoutError, TimeoutError)
     for cls in (AuthenticationError, NotFoundError, InvalidRequestError, RateLimitedError, ServerError):
         assert issubclass(cls, APIError)
-    for cls in (TransportError, APIError, DecodeError):
+    for cls in (TransportError, APIError, DecodeError, SyncError):
         assert issubclass(cls, AirudderError)
+    for cls in (DatabaseLockedError, SchemaVersionError):
+        assert issubclass(cls, SyncError)
 
 
 @given(st.integers(min_value=100, max_value=599), st.binary(max_size=200))
