@@ -16,6 +16,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import TypeVar
 
 import anyio
@@ -26,10 +27,11 @@ from .errors import DatabaseLockedError, SchemaVersionError, SyncError
 from .models import Cursor, Workflow
 from .sync import FINAL_STATUSES, SCHEMA_VERSION, PageCounts, RunState, SyncState, changes
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: only SQLite's own locks guard the file
-    fcntl = None  # type: ignore[assignment]  # a module or nothing
+    fcntl = None
 
 __all__ = ["SqliteSink"]
 
@@ -250,7 +252,10 @@ class SqliteSink:
                     [r[0] for r in records],
                 )
                 existing = {row[0]: row for row in found}
-            inserts, updates, touches, history = [], [], [], []
+            inserts: list[tuple[object, ...]] = []
+            updates: list[tuple[object, ...]] = []
+            touches: list[tuple[str, str]] = []
+            history: list[tuple[object, ...]] = []
             for rec in records:
                 key = rec[0]
                 old = existing.get(key)
