@@ -10,7 +10,6 @@ second sync of the same database out; `lock_timeout` bounds waits on another wri
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -145,13 +144,7 @@ class PostgresSink:
             db = await asyncpg.connect(url, timeout=_CONNECT_TIMEOUT)
         except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
             raise SyncError(f"cannot connect to {name}: the user name or password was refused") from None
-        except (
-            OSError,
-            asyncio.TimeoutError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            ValueError,
-        ) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
             raise SyncError(f"cannot connect to {name}: {_scrub(str(exc), url)}") from None
         sink = cls(name, db, asyncpg)
         try:

@@ -418,11 +418,11 @@ async def test_busy_timeout_must_be_a_number() -> None:
 async def test_an_unwritable_path_is_a_clear_error(tmp_path: Path) -> None:
     """A path under a file, or a directory, is a SyncError naming the path; nothing is created."""
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SyncError, match="cannot open .*file/wf.db"):
+    with pytest.raises(SyncError, match=r"cannot open .*file/wf.db"):
         async with open_sink(tmp_path / "file" / "wf.db"):
             pass  # pragma: no cover - never reached
     (tmp_path / "dir").mkdir()
-    with pytest.raises(SyncError, match="cannot open .*dir"):
+    with pytest.raises(SyncError, match=r"cannot open .*dir"):
         async with open_sink(tmp_path / "dir"):
             pass  # pragma: no cover - never reached
 
