@@ -244,14 +244,11 @@ class SqliteSink:
     def _write_page(self, records: list[Record], cursor: Cursor, now: str, dry_run: bool) -> PageCounts:
         db = self._db
         with self._transaction():
-            existing: dict[str, tuple[object, ...]] = {}
-            if records:
-                marks = ",".join("?" * len(records))
-                found = db.execute(
-                    f"SELECT {_COLUMNS} FROM workflows WHERE workflow_id IN ({marks})",
-                    [r[0] for r in records],
-                )
-                existing = {row[0]: row for row in found}
+            marks = ",".join("?" * len(records))  # SQLite takes an empty IN ()
+            found = db.execute(
+                f"SELECT {_COLUMNS} FROM workflows WHERE workflow_id IN ({marks})", [r[0] for r in records]
+            )
+            existing: dict[str, tuple[object, ...]] = {row[0]: row for row in found}
             inserts: list[tuple[object, ...]] = []
             updates: list[tuple[object, ...]] = []
             touches: list[tuple[str, str]] = []
@@ -321,9 +318,7 @@ def _prepare(db: sqlite3.Connection, path: str) -> None:
         if version == 0:
             # One script, one transaction: a crash leaves no half-made schema.
             db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
-    except sqlite3.Error as exc:
-        if db.in_transaction:
-            db.rollback()
+    except sqlite3.Error as exc:  # the caller closes the connection, which rolls back
         raise _translate(exc, path) from None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -37,7 +37,7 @@ def server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-async def url(server: PostgresServer) -> AsyncIterator[str]:
+async def url(server: PostgresServer) -> str:
     """The URL of a new, empty database on the server."""
     name = f"mirror_{next(_names)}"
     admin = await asyncpg.connect(server.url())
@@ -45,7 +45,7 @@ async def url(server: PostgresServer) -> AsyncIterator[str]:
         await admin.execute(f"CREATE DATABASE {name}")
     finally:
         await admin.close()
-    yield server.url(name)
+    return server.url(name)
 
 
 async def query(url: str, sql: str) -> list[Any]:
@@ -169,7 +169,7 @@ async def test_a_second_sync_is_locked_out(url: str) -> None:
 
 
 async def test_another_writer_holding_rows_is_reported(url: str) -> None:
-    """A transaction of another program that holds the mirror's rows makes the page fail, nothing half-written."""
+    """Another program's transaction on the mirror's rows fails the page at once, nothing half-written."""
     async with FakeAirudder() as fake, fake.client() as client:
         fake.add_history(20)
         async with open_sink(url) as sink:
