@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from .errors import DatabaseLockedError, SchemaVersionError, SyncError
 from .models import Cursor, Workflow
-from .sync import FINAL_STATUSES, SCHEMA_VERSION, PageCounts, RunState, SyncState, redact_url
+from .sync import FINAL_STATUSES, SCHEMA_VERSION, PageCounts, RunState, SyncState, extra_fields, redact_url
 
 __all__ = ["PostgresSink"]
 
@@ -48,7 +48,6 @@ CREATE TABLE workflow_history (
     new_status text NOT NULL,
     changes jsonb
 );
-CREATE INDEX workflow_history_workflow ON workflow_history (workflow_id, id);
 CREATE TABLE sync_state (
     id integer PRIMARY KEY CHECK (id = 1),
     schema_version integer NOT NULL,
@@ -218,7 +217,7 @@ class PostgresSink:
     async def write_page(
         self,
         items: Sequence[Workflow],
-        extras: Mapping[str, str],
+        raw: Mapping[str, Mapping[str, object]],
         *,
         cursor: Cursor,
         observed_at: datetime,
@@ -236,7 +235,7 @@ class PostgresSink:
             [wf.total for wf in rows],
             [wf.status for wf in rows],
             [wf.create_time for wf in rows],
-            [extras.get(wf.workflow_id) for wf in rows],
+            [extra_fields(raw.get(wf.workflow_id, {})) for wf in rows],
             observed_at,
             cursor.to_json(),
             len(rows),

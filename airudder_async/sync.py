@@ -225,7 +225,7 @@ class Sink(Protocol):
     async def write_page(
         self,
         items: Sequence[Workflow],
-        extras: Mapping[str, str],
+        raw: Mapping[str, Mapping[str, object]],
         *,
         cursor: Cursor,
         observed_at: datetime,
@@ -235,8 +235,8 @@ class Sink(Protocol):
         Apply one page: insert new workflows, update changed ones (recording each in the history), touch
         `last_seen` of the rest, and store *cursor* with the run's counts, all in one transaction.
 
-        *extras* maps a workflow id to its undocumented fields as a JSON object text. With *dry_run*
-        only count what would happen.
+        *raw* maps each workflow id of the page to the object the API sent (for `extra_fields()`, and
+        its times as sent). With *dry_run* only count what would happen.
         """
         ...
 
@@ -407,7 +407,7 @@ async def sync_workflows(
         if not dry_run:
             await sink.begin_run(run)
     assert run is not None
-    walk, extras = walk_with_extras(client, run.cursor, prefetch=prefetch)
+    walk, raw = walk_keeping_raw(client, run.cursor, prefetch=prefetch)
     counts = [run.read, run.inserted, run.changed, run.unchanged, run.pages]
 
     def summary() -> SyncSummary:
@@ -428,7 +428,7 @@ async def sync_workflows(
     async with walk:
         async for batch in walk.by_page():
             page = await sink.write_page(
-                batch, extras, cursor=walk.cursor, observed_at=datetime.now(UTC), dry_run=dry_run
+                batch, raw, cursor=walk.cursor, observed_at=datetime.now(UTC), dry_run=dry_run
             )
             counts[0] += len(batch)
             counts[1] += page.inserted
@@ -442,18 +442,18 @@ async def sync_workflows(
     return summary()
 
 
-def walk_with_extras(
+def walk_keeping_raw(
     client: AirudderClient, cursor: Cursor, *, prefetch: int
-) -> tuple[WorkflowIterator, dict[str, str]]:
+) -> tuple[WorkflowIterator, dict[str, Mapping[str, object]]]:
     """
-    A walk resumed from *cursor* that also keeps each page's undocumented fields.
+    A walk resumed from *cursor* that also keeps each page's objects as the API sent them.
 
     It decodes pages as plain JSON (not straight into the models) so that no field is lost; the dict
-    returned maps the workflow ids of the page last loaded to their extra fields.
+    returned maps the workflow ids of the page last loaded to their raw objects.
     """
     loop = client._require_open()
     params = {"size": str(cursor.page_size), **_filters(cursor.start_time, cursor.end_time)}
-    extras: dict[str, str] = {}
+    raw: dict[str, Mapping[str, object]] = {}
 
     async def fetch(page: int) -> object:
         client._require_open()
@@ -462,13 +462,10 @@ def walk_with_extras(
 
     def parse(data: object) -> tuple[list[Workflow], int]:
         items, count = _parse_instancelist(data)
-        extras.clear()
+        raw.clear()
         assert isinstance(data, dict)  # _parse_instancelist() refused anything else
-        lists: list[dict[str, object]] = data.get("lists") or []
-        for raw in lists:
-            extra = extra_fields(raw)
-            if extra is not None:
-                extras[str(raw["workflow_id"])] = extra
+        for wf, obj in zip(items, data.get("lists") or (), strict=True):
+            raw[wf.workflow_id] = obj
         return items, count
 
     walk = WorkflowIterator(
@@ -482,4 +479,4 @@ def walk_with_extras(
         prefetch=prefetch,
         cursor=cursor,
     )
-    return walk, extras
+    return walk, raw

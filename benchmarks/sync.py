@@ -88,7 +88,8 @@ class Server:
         }
 
     def mutate(self, changes: int, new: int, seed: int) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         self.proc.stdin.write(f"mutate {changes} {new} {seed}\n")
         self.proc.stdin.flush()
         json.loads(self.proc.stdout.readline())
@@ -308,8 +309,9 @@ def main() -> None:
         )
         if args.kills:
             report.append("")
+            resumed = "(resumed) " if "(resumed)" in restarted["stderr"] else ""
             report.append(
-                f"SIGKILL at {', '.join(kill_log)}; the restart {'(resumed) ' * ('(resumed)' in restarted['stderr'])}"
+                f"SIGKILL at {', '.join(kill_log)}; the restart {resumed}"
                 f"read {restarted['read']:,}; final table {killed_rows:,} rows, equal to an uninterrupted "
                 f"sync: rows {same_rows}, history {same_history}"
             )
