@@ -32,12 +32,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import anyio
 import attrs
 
 from ._client import INSTANCELIST_PATH, AirudderClient, _filters, _parse_instancelist
 from ._config import DEFAULT_PREFETCH, MAX_PAGE_SIZE
 from ._pagination import WorkflowIterator
 from ._time import parse_time
+from .errors import AirudderError
 from .models import Cursor, Workflow, WorkflowStatus
 
 __all__ = [
@@ -61,6 +63,7 @@ SCHEMA_VERSION = 1
 FIELDS = ("workflow_id", "name", "template_name", "start_time", "end_time", "total", "status", "create_time")
 _FIELDSET = frozenset(FIELDS)
 _RUN_VERSION = 1
+Raw = Mapping[str, Mapping[str, object]]  # workflow id -> the object the API sent
 
 
 @attrs.frozen(kw_only=True)
@@ -425,18 +428,40 @@ async def sync_workflows(
             full=run.full,
         )
 
-    async with walk:
-        async for batch in walk.by_page():
-            page = await sink.write_page(
-                batch, raw, cursor=walk.cursor, observed_at=datetime.now(UTC), dry_run=dry_run
-            )
-            counts[0] += len(batch)
-            counts[1] += page.inserted
-            counts[2] += page.changed
-            counts[3] += page.unchanged
-            counts[4] += 1
-            if on_progress is not None:
-                on_progress(summary())
+    # The database writes page N (in its thread) while the walk decodes page N + 1; pages are still
+    # written one at a time, in order, each with its own cursor.
+    send, receive = anyio.create_memory_object_stream[tuple[list[Workflow], Raw, Cursor]](1)
+
+    async def write() -> None:
+        async with receive:
+            async for batch, sent, cursor in receive:
+                page = await sink.write_page(
+                    batch, sent, cursor=cursor, observed_at=datetime.now(UTC), dry_run=dry_run
+                )
+                counts[0] += len(batch)
+                counts[1] += page.inserted
+                counts[2] += page.changed
+                counts[3] += page.unchanged
+                counts[4] += 1
+                if on_progress is not None:
+                    on_progress(summary())
+
+    failure: AirudderError | None = None
+    try:
+        async with walk, anyio.create_task_group() as tg:
+            tg.start_soon(write)
+            async with send:
+                try:
+                    async for batch in walk.by_page():
+                        await send.send((batch, raw[0], walk.cursor))
+                except AirudderError as exc:  # the pages read before it are still written
+                    failure = exc
+    except BaseExceptionGroup as group:  # a database failure cancels the walk: report it alone
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise  # pragma: no cover - the walk and the database failing at the same moment
+    if failure is not None:
+        raise failure
     if not dry_run:
         await sink.finish_run(mark=run.cursor.end_time if run.moves_mark else None)
     return summary()
@@ -444,16 +469,16 @@ async def sync_workflows(
 
 def walk_keeping_raw(
     client: AirudderClient, cursor: Cursor, *, prefetch: int
-) -> tuple[WorkflowIterator, dict[str, Mapping[str, object]]]:
+) -> tuple[WorkflowIterator, list[Raw]]:
     """
     A walk resumed from *cursor* that also keeps each page's objects as the API sent them.
 
-    It decodes pages as plain JSON (not straight into the models) so that no field is lost; the dict
-    returned maps the workflow ids of the page last loaded to their raw objects.
+    It decodes pages as plain JSON (not straight into the models) so that no field is lost; the list
+    returned holds one dict: the workflow ids of the page last loaded mapped to their raw objects.
     """
     loop = client._require_open()
     params = {"size": str(cursor.page_size), **_filters(cursor.start_time, cursor.end_time)}
-    raw: dict[str, Mapping[str, object]] = {}
+    raw: list[Raw] = [{}]
 
     async def fetch(page: int) -> object:
         client._require_open()
@@ -462,10 +487,9 @@ def walk_keeping_raw(
 
     def parse(data: object) -> tuple[list[Workflow], int]:
         items, count = _parse_instancelist(data)
-        raw.clear()
         assert isinstance(data, dict)  # _parse_instancelist() refused anything else
-        for wf, obj in zip(items, data.get("lists") or (), strict=True):
-            raw[wf.workflow_id] = obj
+        lists = data.get("lists") or ()
+        raw[0] = {wf.workflow_id: obj for wf, obj in zip(items, lists, strict=True)}
         return items, count
 
     walk = WorkflowIterator(
