@@ -75,7 +75,11 @@ WITH incoming AS (
         $7::text[], $8::timestamptz[], $9::jsonb[]
     ) AS t(workflow_id, {_DATA})
 ), old AS (
-    SELECT w.workflow_id, {_W} FROM workflows w JOIN incoming USING (workflow_id)
+    -- One key lookup per row: a plain join (or = ANY) was planned as a scan of the whole table per page
+    -- while the table grew faster than its statistics; OFFSET 0 keeps the planner from flattening it.
+    SELECT o.* FROM incoming i CROSS JOIN LATERAL (
+        SELECT w.workflow_id, {_W} FROM workflows w WHERE w.workflow_id = i.workflow_id OFFSET 0
+    ) o
 ), upserted AS (
     INSERT INTO workflows AS w (workflow_id, {_DATA}, first_seen, last_seen, last_changed)
     SELECT i.workflow_id, {_NEW}, $10, $10, $10 FROM incoming i
