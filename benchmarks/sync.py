@@ -117,7 +117,8 @@ def run(env: dict[str, str], *argv: str) -> dict[str, Any]:
         text = err.read().decode()
     if proc.returncode != 0:
         raise RuntimeError(f"{argv} exited {proc.returncode}: {text}")
-    out: dict[str, Any] = {"seconds": elapsed, "rss_mib": usage.ru_maxrss / 1024, "stderr": text}
+    cpu = usage.ru_utime + usage.ru_stime
+    out: dict[str, Any] = {"seconds": elapsed, "cpu": cpu, "rss_mib": usage.ru_maxrss / 1024, "stderr": text}
     match = SUMMARY.search(text)
     if match:
         read, pages, inserted, changed, unchanged = (int(g.replace(",", "")) for g in match.groups())
@@ -129,6 +130,16 @@ def run(env: dict[str, str], *argv: str) -> dict[str, Any]:
             "unchanged": unchanged,
         }
     return out
+
+
+def history_rows(path: Path) -> int:
+    """The number of history rows committed so far (0 before the file exists or has its tables)."""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            (count,) = db.execute("SELECT coalesce(max(id), 0) FROM workflow_history").fetchone()
+            return int(count)
+    except sqlite3.Error:
+        return 0
 
 
 def sqlite_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -182,6 +193,7 @@ def main() -> None:
         asyncio.run(serve(args.serve))
         return
     n = args.workflows
+    load0 = f"{os.getloadavg()[0]:.2f}"
     tmp = Path(tempfile.mkdtemp(prefix="airudder-sync-bench-"))
     pg = None if args.no_postgres else PostgresServer().start()
     report: list[str] = []
@@ -239,22 +251,22 @@ def main() -> None:
             kill_log = []
             if args.kills:
                 rng = random.Random(2026)
-                span = first_sqlite["seconds"]
-                for _ in range(args.kills):
-                    delay = rng.uniform(0.3, max(0.4, span * 0.9))
+                for target in sorted(rng.sample(range(1, n), args.kills)):
+                    # A random moment of the walk: once the mirror's history reaches a random row count
+                    # (polled; a benchmark may wait on the wall clock), the process gets SIGKILL.
                     proc = subprocess.Popen(
                         [sys.executable, "-m", "airudder_async", "sync", "--db", str(killed)],
                         env=server.env,
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
-                    time.sleep(delay)  # a benchmark, not a test: a wall-clock moment is the point
+                    done = 0
+                    while proc.poll() is None and done < target:
+                        time.sleep(0.005)
+                        done = history_rows(killed)
                     proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    done = (
-                        sqlite_rows(killed, "SELECT count(*) FROM workflows")[0][0] if killed.exists() else 0
-                    )
-                    kill_log.append(f"{delay:.2f} s ({done:,} rows)")
+                    code = proc.wait()
+                    kill_log.append(f"{target:,} ({history_rows(killed):,} rows, exit {code})")
                 restarted = run(server.env, "sync", "--db", str(killed))
                 run(server.env, "sync", "--db", str(straight))
                 query = f"SELECT {DATA} FROM workflows ORDER BY workflow_id"
@@ -271,17 +283,17 @@ def main() -> None:
             f"## sync benchmark: {n:,} sandbox workflows, FakeAirudder at 0 ms, best of {args.repeat}"
         )
         report.append("")
-        report.append("| command | seconds | vs export | peak RSS (MiB) |")
-        report.append("|---|---|---|---|")
-        report.append(f"| export to JSONL | {export['seconds']:.2f} | 1.00{x} | {export['rss_mib']:.0f} |")
-        report.append(
-            f"| first sync into SQLite | {first_sqlite['seconds']:.2f} | "
-            f"{first_sqlite['seconds'] / export['seconds']:.2f}{x} | {first_sqlite['rss_mib']:.0f} |"
-        )
+        report.append(f"Load average at the start {load0}, at the end {os.getloadavg()[0]:.2f} (2 cores).")
+        report.append("")
+        report.append("| command | seconds | vs export | CPU s (client) | peak RSS (MiB) |")
+        report.append("|---|---|---|---|---|")
+        firsts = [("export to JSONL", export), ("first sync into SQLite", first_sqlite)]
         if first_pg is not None:
+            firsts.append(("first sync into PostgreSQL", first_pg))
+        for label, r in firsts:
             report.append(
-                f"| first sync into PostgreSQL | {first_pg['seconds']:.2f} | "
-                f"{first_pg['seconds'] / export['seconds']:.2f}{x} | {first_pg['rss_mib']:.0f} |"
+                f"| {label} | {r['seconds']:.2f} | {r['seconds'] / export['seconds']:.2f}{x} | "
+                f"{r['cpu']:.2f} | {r['rss_mib']:.0f} |"
             )
         report.append("")
         report.append(
@@ -311,7 +323,7 @@ def main() -> None:
             report.append("")
             resumed = "(resumed) " if "(resumed)" in restarted["stderr"] else ""
             report.append(
-                f"SIGKILL at {', '.join(kill_log)}; the restart {resumed}"
+                f"SIGKILL once the history reached {', '.join(kill_log)}; the restart {resumed}"
                 f"read {restarted['read']:,}; final table {killed_rows:,} rows, equal to an uninterrupted "
                 f"sync: rows {same_rows}, history {same_history}"
             )
