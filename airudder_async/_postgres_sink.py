@@ -283,7 +283,7 @@ class _Guard:
         pg = self._sink._pg
         if isinstance(exc, (pg.LockNotAvailableError, pg.DeadlockDetectedError)):
             raise DatabaseLockedError(f"{self._sink.name} is locked by another writer: {exc}") from None
-        if isinstance(exc, (pg.PostgresError, pg.InterfaceError, OSError)):
+        if isinstance(exc, (pg.PostgresError, pg.InterfaceError, pg.InternalClientError, OSError)):
             raise SyncError(f"{self._sink.name}: {exc}") from None
 
 

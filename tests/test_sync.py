@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -39,13 +40,13 @@ DATA = ("workflow_id", "name", "template_name", "start_time", "end_time", "total
 
 def table(path: Path) -> list[tuple[object, ...]]:
     """The mirrored workflows without the observation times, ordered by id."""
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         return db.execute(f"SELECT {', '.join(DATA)}, extra FROM workflows ORDER BY workflow_id").fetchall()
 
 
 def history(path: Path) -> list[tuple[object, ...]]:
     """The history rows without observation times, in order."""
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         return db.execute(
             "SELECT workflow_id, kind, old_status, new_status, changes FROM workflow_history ORDER BY id"
         ).fetchall()
@@ -53,7 +54,7 @@ def history(path: Path) -> list[tuple[object, ...]]:
 
 def state(path: Path) -> tuple[object, ...]:
     """The sync_state row."""
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         row: tuple[object, ...] = db.execute("SELECT * FROM sync_state").fetchone()
         return row
 
@@ -218,7 +219,7 @@ async def test_first_sync_mirrors_every_workflow(tmp_path: Path) -> None:
     assert (summary.pages, summary.start_time, summary.resumed) == (5, None, False)
     assert len(history(db)) == 450
     assert {h[1] for h in history(db)} == {"inserted"}
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert conn.execute("PRAGMA user_version").fetchone() == (1,)
     assert state(db)[1] is not None  # the mark
@@ -249,7 +250,7 @@ async def test_incremental_sync_applies_exactly_the_changes(tmp_path: Path) -> N
         assert json.loads(str(diff))["status"] == [old_status, new_status]
     assert (third.inserted, third.changed, third.unchanged) == (0, 0, third.read)
     assert len(history(db)) == 2080
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         (count,) = conn.execute("SELECT count(*) FROM workflows WHERE last_changed > first_seen").fetchone()
     assert count == 50
 
@@ -474,7 +475,7 @@ async def test_a_locked_new_file_is_reported(tmp_path: Path) -> None:
 async def test_a_schema_from_the_future_is_refused_untouched(tmp_path: Path) -> None:
     """A database with a newer schema version raises SchemaVersionError and is left byte for byte."""
     db = tmp_path / "wf.db"
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("PRAGMA user_version = 7")
     before = db.read_bytes()
     with pytest.raises(SchemaVersionError, match="schema version 7") as info:
@@ -489,7 +490,7 @@ async def test_a_file_of_something_else_is_refused(tmp_path: Path, content: byte
     """A file that is no SQLite database, or another program's database, raises SyncError."""
     db = tmp_path / "other.db"
     if content is None:
-        with sqlite3.connect(db) as conn:
+        with closing(sqlite3.connect(db)) as conn, conn:
             conn.execute("CREATE TABLE invoices (id INTEGER)")
     else:
         db.write_bytes(content)
@@ -515,7 +516,10 @@ async def test_a_failing_page_leaves_nothing_half_written(tmp_path: Path) -> Non
         fake.add_history(300)
         async with open_sink(db) as sink:
             await sync_workflows(client, sink, page_size=100, since=datetime.now(UTC))
-        with sqlite3.connect(db) as conn:  # a trigger of the user's that refuses the 150th history row
+        with (
+            closing(sqlite3.connect(db)) as conn,
+            conn,
+        ):  # a trigger of the user's that refuses the 150th history row
             conn.execute(
                 "CREATE TRIGGER stop BEFORE INSERT ON workflow_history WHEN "
                 "(SELECT count(*) FROM workflow_history) >= 150 BEGIN SELECT RAISE(ABORT, 'full'); END"
@@ -532,13 +536,13 @@ async def test_a_damaged_state_is_a_clear_error(tmp_path: Path) -> None:
     db = tmp_path / "wf.db"
     async with open_sink(db):
         pass
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("UPDATE sync_state SET run = 'junk', cursor = '{}'")
     async with FakeAirudder() as fake, fake.client() as client:
         async with open_sink(db) as sink:
             with pytest.raises(SyncError, match="stored run"):
                 await sync_workflows(client, sink)
-        with sqlite3.connect(db) as conn:
+        with closing(sqlite3.connect(db)) as conn, conn:
             conn.execute("DROP TABLE sync_state")
         async with open_sink(db) as sink:
             with pytest.raises(SyncError, match="no such table"):

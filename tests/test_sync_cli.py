@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,13 +32,13 @@ DATA = "workflow_id, name, template_name, start_time, end_time, total, status, c
 
 def rows(path: Path) -> list[tuple[object, ...]]:
     """The mirrored data columns, ordered by id."""
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         return db.execute(f"SELECT {DATA} FROM workflows ORDER BY workflow_id").fetchall()
 
 
 def changes(path: Path) -> list[tuple[object, ...]]:
     """The history without observation times, ordered by workflow and kind."""
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         return db.execute(
             "SELECT workflow_id, kind, old_status, new_status, changes FROM workflow_history "
             "ORDER BY workflow_id, kind"
@@ -117,7 +118,7 @@ async def test_an_api_failure_exits_1_and_says_how_to_continue(env: FakeAirudder
 async def test_database_problems_exit_with_clear_errors(tmp_path: Path) -> None:
     """Locked and future-schema databases exit 2, an unwritable path exits 1; each with one error line."""
     db = tmp_path / "wf.db"
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("PRAGMA user_version = 3")
     future = await cli("sync", "--sandbox", "5", "--db", str(db))
     assert future.code == 2
@@ -221,7 +222,7 @@ async def test_sync_survives_five_sigkills(tmp_path: Path) -> None:
                     proc.kill()
                     assert await proc.wait() == -signal.SIGKILL
                 gate.release()
-            with sqlite3.connect(killed) as db:
+            with closing(sqlite3.connect(killed)) as db, db:
                 (pending,) = db.execute("SELECT cursor FROM sync_state").fetchone()
                 (mirrored,) = db.execute("SELECT count(*) FROM workflows").fetchone()
             assert json.loads(pending)["received"] == mirrored
