@@ -846,6 +846,11 @@ def sync_sandbox(fake: FakeAirudder, n: int, rounds: int) -> None:
         fake.mutate_random(status_changes=min(max(1, n // 200), open_), new=max(1, n // 300), seed=r)
 
 
+def _is_missing(path: str) -> bool:
+    # One stat before anything runs: not worth a worker thread.
+    return not os.path.lexists(path)
+
+
 class SyncProgress(Progress):
     """Progress of a sync: the walk's pages and items, plus the counts inserted and changed so far."""
 
@@ -870,6 +875,10 @@ async def _sync(
     from .sync import DEFAULT_LOOKBACK, SyncSummary, is_postgres_url, open_sink, redact_url, sync_workflows
 
     shown = redact_url(args.db) if is_postgres_url(args.db) else args.db
+    if args.dry_run and not is_postgres_url(args.db) and _is_missing(args.db):
+        raise UsageError(
+            f"{shown} does not exist: a dry run writes nothing (a first sync inserts everything)"
+        )
     progress = SyncProgress(stderr, enabled=progress_enabled, tty=stderr.isatty())
 
     def report(summary: SyncSummary) -> None:

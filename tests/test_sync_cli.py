@@ -83,6 +83,10 @@ async def test_dry_run_and_progress(tmp_path: Path) -> None:
     assert lines[-2].startswith("pages 9, 402 items")
     assert lines[-2].endswith("2 inserted, 4 changed")
     assert "402 read in 9 pages: 2 inserted, 4 changed" in lines[-1]
+    missing = await cli("sync", "--sandbox", "5", "--db", str(tmp_path / "new.db"), "--dry-run")
+    assert missing.code == 2
+    assert "does not exist: a dry run writes nothing" in missing.err
+    assert not (tmp_path / "new.db").exists()
 
 
 async def test_sync_against_the_api_from_the_environment(env: FakeAirudder, tmp_path: Path) -> None:
