@@ -15,7 +15,7 @@ from typing import BinaryIO, TextIO
 
 import anyio
 
-from ._cli import PROG, aware_time, int_between, partition_spec, program, run
+from ._cli import PROG, aware_time, duration, int_between, partition_spec, program, run
 from ._config import DEFAULT_PAGE_SIZE, DEFAULT_PREFETCH, MAX_PAGE_SIZE
 from ._partition import partition_window
 
@@ -25,7 +25,7 @@ _SANDBOX_DEFAULT = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the parser for both subcommands."""
+    """Return the parser for every subcommand."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Read workflows from the AIRUDDER API. Credentials come from AIRUDDER_APP_KEY and "
@@ -129,6 +129,40 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--resume", action="store_true", help="continue the export recorded in the checkpoint"
     )
+    sync = commands.add_parser(
+        "sync",
+        parents=[common],
+        help="mirror every workflow into a database table, incrementally and crash-safely",
+        description="Bring a database table of every workflow up to date: new workflows are inserted, "
+        "changed ones updated and recorded in workflow_history. A killed run continues after its last "
+        "committed page when started again. A later run re-reads from the earlier of the last run's start "
+        "and the oldest workflow whose status is not final, at most --lookback before the last run.",
+    )
+    sync.add_argument(
+        "--db",
+        default="workflows.db",
+        metavar="TARGET",
+        help="an SQLite file (default workflows.db) or a postgresql:// URL (needs airudder-async[postgres])",
+    )
+    sync.add_argument("--full", action="store_true", help="re-read every workflow, not only the window")
+    sync.add_argument(
+        "--lookback",
+        type=duration,
+        default=None,
+        metavar="DURATION",
+        help="how far before the last run to look for open workflows: 7d (the default), 12h, 30m, 90s",
+    )
+    sync.add_argument(
+        "--dry-run", action="store_true", help="read and compare, write nothing: report what would change"
+    )
+    sync.add_argument(
+        "--sandbox-round",
+        type=int_between(0),
+        default=0,
+        metavar="N",
+        help="with --sandbox: apply N rounds of changes to the sandbox (each moves 0.5%% of the workflows "
+        "to another status and creates 0.3%% new ones); raise N between runs to watch sync follow",
+    )
     return parser
 
 
@@ -148,6 +182,12 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
         parser.error("--rate must be a finite number > 0")
     if not 0 <= args.sandbox_latency < math.inf:  # also refuses nan
         parser.error("--sandbox-latency must be a finite number >= 0")
+    if args.command == "sync" and args.partition is not None:
+        parser.error("--partition does not apply to sync: one mirror follows the whole account")
+    if args.command == "sync" and args.max_items is not None:
+        parser.error("--max-items does not apply to sync: a partial walk would leave the mirror behind")
+    if args.command == "sync" and args.full and (args.since is not None or args.until is not None):
+        parser.error("--full reads everything: drop --since/--until, or drop --full")
     return args
 
 

@@ -31,13 +31,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 import anyio
 import anyio.to_thread
+
+if TYPE_CHECKING:
+    from .testing import FakeAirudder
 
 from . import _json
 from ._client import AirudderClient
@@ -46,6 +49,7 @@ from ._pagination import WorkflowIterator
 from ._time import format_time
 from .errors import AirudderError
 from .models import Cursor, Workflow
+from .sync import FINAL_STATUSES
 
 if TYPE_CHECKING:
     from .redis import RedisCoordination
@@ -65,6 +69,7 @@ __all__ = [
     "CSV_FIELDS",
     "PROG",
     "aware_time",
+    "duration",
     "int_between",
     "printable",
     "program",
@@ -145,6 +150,21 @@ def partition_spec(text: str) -> tuple[int, int]:
     if not 0 <= i < k:
         raise argparse.ArgumentTypeError(f"{text!r}: I must be between 0 and K - 1")
     return i, k
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)")
+_UNIT = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0, "": 1.0}
+
+
+def duration(text: str) -> timedelta:
+    """Parse a duration like 7d, 12h, 30m, 90s or 90 (seconds); argparse reports the error."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 7d, 12h, 30m or 90s")
+    try:
+        return timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is too long a duration") from None
 
 
 def program() -> list[str]:
@@ -548,12 +568,17 @@ async def run(
             if client is None:
                 from .testing import FakeAirudder  # imported late: it pulls in aiohttp.web
 
+                sync = args.command == "sync"  # its sandbox is recent and changes by rounds
                 fake = await stack.enter_async_context(
-                    FakeAirudder(workflows=args.sandbox, latency=args.sandbox_latency)
+                    FakeAirudder(workflows=0 if sync else args.sandbox, latency=args.sandbox_latency)
                 )
+                if sync:
+                    sync_sandbox(fake, args.sandbox, args.sandbox_round)
                 client = (
                     fake.client(limits=Limits(requests_per_second=args.rate)) if args.rate else fake.client()
                 )
+            if args.command == "sync":
+                return await _sync(args, client, stack, stderr=stderr, progress_enabled=enabled)
             if args.command == "export":
                 return await _export(
                     args,
@@ -849,3 +874,90 @@ def _hint(stderr: TextIO, sink: ExportSink, resume_hint: str, what: str) -> None
             f"  {resume_hint}",
         )
     stderr.flush()
+
+
+# -- sync ---------------------------------------------------------------------------------------------
+
+
+def sync_sandbox(fake: FakeAirudder, n: int, rounds: int) -> None:
+    """
+    Fill *fake* with *n* workflows whose newest is an hour before today's midnight (UTC), then apply
+    *rounds* rounds of `mutate_random()`: the same day and arguments give the same data.
+    """
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    fake.add_history(n, newest=today - timedelta(hours=1))
+    for r in range(1, rounds + 1):
+        open_ = sum(1 for wf in fake.workflows if wf["status"] not in FINAL_STATUSES)
+        fake.mutate_random(status_changes=min(max(1, n // 200), open_), new=max(1, n // 300), seed=r)
+
+
+def _is_missing(path: str) -> bool:
+    # One stat before anything runs: not worth a worker thread.
+    return not os.path.lexists(path)
+
+
+class SyncProgress(Progress):
+    """Progress of a sync: the walk's pages and items, plus the counts inserted and changed so far."""
+
+    inserted = 0
+    changed = 0
+
+    def format(self, *, pages: int, done: int, total: int | None, elapsed: float, final: bool) -> str:
+        """Return one progress line: pages, items, rate, inserted and changed."""
+        line = super().format(pages=pages, done=done, total=total, elapsed=elapsed, final=final)
+        return f"{line}, {self.inserted:,} inserted, {self.changed:,} changed"
+
+
+async def _sync(
+    args: argparse.Namespace,
+    client: AirudderClient,
+    stack: contextlib.AsyncExitStack,
+    *,
+    stderr: TextIO,
+    progress_enabled: bool,
+) -> int:
+    from .errors import DatabaseLockedError, SchemaVersionError, SyncError
+    from .sync import DEFAULT_LOOKBACK, SyncSummary, is_postgres_url, open_sink, redact_url, sync_workflows
+
+    shown = redact_url(args.db) if is_postgres_url(args.db) else args.db
+    if args.dry_run and not is_postgres_url(args.db) and _is_missing(args.db):
+        raise UsageError(
+            f"{shown} does not exist: a dry run writes nothing (a first sync inserts everything)"
+        )
+    progress = SyncProgress(stderr, enabled=progress_enabled, tty=stderr.isatty())
+
+    def report(summary: SyncSummary) -> None:
+        progress.inserted, progress.changed = summary.inserted, summary.changed
+        progress.update(pages=summary.pages, done=summary.read, total=None)
+
+    try:
+        sink = await stack.enter_async_context(open_sink(args.db))
+        await stack.enter_async_context(client)
+        summary = await sync_workflows(
+            client,
+            sink,
+            since=args.since,
+            until=args.until,
+            lookback=DEFAULT_LOOKBACK if args.lookback is None else args.lookback,
+            full=args.full,
+            dry_run=args.dry_run,
+            page_size=args.page_size,
+            prefetch=args.prefetch,
+            on_progress=report,
+        )
+    except (DatabaseLockedError, SchemaVersionError) as exc:
+        progress.close()
+        _fail(stderr, exc)
+        return 2
+    except AirudderError as exc:
+        progress.close()
+        _fail(stderr, exc)
+        if not isinstance(exc, SyncError) and not args.dry_run:
+            _say(stderr, "run the same command again: it continues after the last page saved")
+        return 1
+    finally:
+        progress.close()
+    report(summary)
+    progress.update(pages=summary.pages, done=summary.read, total=None, final=True)
+    _say(stderr, f"sync {shown}: {summary.line()}")
+    return 0

@@ -14,7 +14,10 @@ AirudderError
 ├── DecodeError                 the answer was not JSON, its data did not fit the model, or a webhook
 │   │                           body did not fit its event
 │   └── ResponseTooLargeError   the answer outgrew `Limits.max_response_size` (after decompression)
-└── CoordinationError           the shared store (Redis) could not be reached, with on_unavailable="fail"
+├── CoordinationError           the shared store (Redis) could not be reached, with on_unavailable="fail"
+└── SyncError                   a mirror database (`airudder_async.sync`) cannot be opened or written
+    ├── DatabaseLockedError     another writer holds it (another sync, or a long write transaction)
+    └── SchemaVersionError      it was made by a newer airudder-async: nothing is written
 ```
 
 Errors raised by a workflow walk also carry `cursor`, a `Cursor` that resumes the walk exactly where it
@@ -34,13 +37,16 @@ __all__ = [
     "AirudderError",
     "AuthenticationError",
     "CoordinationError",
+    "DatabaseLockedError",
     "DecodeError",
     "InvalidRequestError",
     "NotFoundError",
     "RateLimitedError",
     "RequestTimeoutError",
     "ResponseTooLargeError",
+    "SchemaVersionError",
     "ServerError",
+    "SyncError",
     "TransportError",
 ]
 
@@ -229,3 +235,33 @@ class CoordinationError(AirudderError):
     ) -> None:
         super().__init__(message, method=method, path=path)
         self.operation = operation
+
+
+class SyncError(AirudderError):
+    """
+    A mirror database cannot be opened, read or written (a bad path, refused credentials, a missing extra).
+
+    The message names the database with any password replaced by `***`.
+    """
+
+
+class DatabaseLockedError(SyncError):
+    """
+    Another writer holds the mirror database: another sync of it, or a long write transaction.
+    """
+
+
+class SchemaVersionError(SyncError):
+    """
+    The mirror database has a schema version this airudder-async does not know; nothing was written.
+
+    *found* is the database's version, *supported* the newest this library writes.
+    """
+
+    found: int
+    supported: int
+
+    def __init__(self, message: str, *, found: int, supported: int) -> None:
+        super().__init__(message)
+        self.found = found
+        self.supported = supported

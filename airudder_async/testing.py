@@ -87,6 +87,7 @@ FAKE_RETRY = RetryPolicy(backoff_initial=0.0, backoff_max=0.0)  # fake.client()'
 # Seen in the vendor docs: cancelled, finished. The others are synthetic examples of statuses a client
 # has never heard of, to prove they pass through.
 _STATUSES = ("finished", "cancelled", "running", "finished", "paused", "finished", "pending")
+_FINAL = frozenset({"finished", "cancelled"})  # the documented statuses: a workflow's last word
 
 _WAIT_LIMIT = 5.0  # seconds: how long the waiting helpers wait before a test fails instead of hanging
 # A token short by less than this (float rounding of refill arithmetic) still counts as whole, so a client
@@ -520,6 +521,78 @@ class FakeAirudder:
             (str(c.get("case_id", "")), str(c.get("callee", ""))) for c in contacts
         ]
         return wf
+
+    # -- workflows that change (for sync) -------------------------------------------------------------
+
+    def add_history(
+        self, n: int, *, newest: datetime | None = None, step: float = 37.0, open_for: float = 86_400.0
+    ) -> list[dict[str, object]]:
+        """
+        Append *n* workflows, *step* seconds apart, the newest at *newest* (default: an hour ago) or
+        just older than the oldest existing one; those created more than *open_for* seconds before the
+        newest are settled (`finished` or `cancelled`), as an account's old workflows are.
+        """
+        if newest is None:
+            newest = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        if self._workflows:
+            newest = min(
+                newest,
+                datetime.fromisoformat(str(self._workflows[-1]["create_time"])) - timedelta(seconds=step),
+            )
+        new = make_workflows(n, seed=self.seed, newest=newest, step=step, start_index=self._generated)
+        settled_before = (newest - timedelta(seconds=open_for)).timestamp()
+        for k, wf in enumerate(new):
+            if wf["status"] not in _FINAL and _parse_ts(wf) < settled_before:
+                wf["status"] = "cancelled" if k % 3 == 0 else "finished"
+        self._generated += n
+        self._workflows.extend(new)
+        self._keys.extend(-_parse_ts(w) for w in new)
+        return new
+
+    def set_status(self, ids: Iterable[str], status: str, *, total: int | None = None) -> None:
+        """Give the workflows *ids* the *status* (and *total*, when given); an unknown id is a ValueError."""
+        wanted = set(ids)
+        found = [wf for wf in self._workflows if wf["workflow_id"] in wanted]
+        if len(found) != len(wanted):
+            missing = wanted - {str(wf["workflow_id"]) for wf in found}
+            raise ValueError(f"no such workflows: {sorted(missing)[:5]}")
+        for wf in found:
+            wf["status"] = status
+            if total is not None:
+                wf["total"] = total
+
+    def mutate_random(
+        self, *, status_changes: int, new: int, seed: int = 0
+    ) -> tuple[list[str], list[dict[str, object]]]:
+        """
+        Move *status_changes* open workflows (status not final) on to another status, with a new `total`
+        and `end_time`, and create *new* workflows at the head, one second apart after the newest;
+        return (the changed ids, the new workflows). The same *seed* on the same data does the same.
+        """
+        rng = random.Random(f"mutate-{self.seed}-{seed}")
+        open_ = [wf for wf in self._workflows if wf["status"] not in _FINAL]
+        if status_changes > len(open_):
+            raise ValueError(f"only {len(open_)} workflows are open: cannot change {status_changes}")
+        changed = rng.sample(open_, status_changes)
+        for wf in changed:
+            wf["status"] = rng.choice([s for s in ("running", "finished", "cancelled") if s != wf["status"]])
+            wf["total"] = int(str(wf["total"])) + rng.randint(1, 50)
+            ended = datetime.fromisoformat(str(wf["create_time"])) + timedelta(seconds=rng.randint(60, 7200))
+            wf["end_time"] = format_time(ended, "utc")
+        head = (
+            datetime.fromisoformat(str(self._workflows[0]["create_time"])) if self._workflows else _BASE_TIME
+        )
+        made = make_workflows(
+            new,
+            seed=self.seed + 2,
+            newest=head + timedelta(seconds=new),
+            step=1.0,
+            start_index=self._generated,
+        )
+        self._generated += new
+        self._workflows[:0] = made
+        self._keys[:0] = [-_parse_ts(w) for w in made]
+        return [str(wf["workflow_id"]) for wf in changed], made
 
     # -- clock and tokens ----------------------------------------------------------------------------
 

@@ -18,12 +18,15 @@ from airudder_async.errors import (
     APIError,
     AuthenticationError,
     CoordinationError,
+    DatabaseLockedError,
     DecodeError,
     InvalidRequestError,
     NotFoundError,
     RateLimitedError,
     RequestTimeoutError,
+    SchemaVersionError,
     ServerError,
+    SyncError,
     TransportError,
 )
 from airudder_async.models import Cursor
@@ -132,6 +135,9 @@ ERRORS: list[AirudderError] = [
     ServerError("down", status=503, code=503),
     DecodeError("bad", field_path="data.lists[0].total"),
     CoordinationError("redis down", operation="rate budget", method="GET", path="/z"),
+    SyncError("cannot open postgresql://u:***@h/db"),
+    DatabaseLockedError("locked"),
+    SchemaVersionError("too new", found=9, supported=1),
 ]
 
 
@@ -153,8 +159,10 @@ def test_tree() -> None:
     assert issubclass(RequestTimeoutError, TimeoutError)
     for cls in (AuthenticationError, NotFoundError, InvalidRequestError, RateLimitedError, ServerError):
         assert issubclass(cls, APIError)
-    for cls in (TransportError, APIError, DecodeError, CoordinationError):
+    for cls in (TransportError, APIError, DecodeError, CoordinationError, SyncError):
         assert issubclass(cls, AirudderError)
+    for cls in (DatabaseLockedError, SchemaVersionError):
+        assert issubclass(cls, SyncError)
 
 
 @given(st.integers(min_value=100, max_value=599), st.binary(max_size=200))

@@ -182,3 +182,20 @@ async def many_workers() -> None:
         dedupe: DedupeStore = redis.dedupe_store(namespace="hooks")
         app: web.Application = webhook_app(on_event, dedupe=dedupe)
         del app
+
+
+async def mirror() -> None:
+    from datetime import timedelta
+
+    from airudder_async.sync import Sink, SyncSummary, open_sink, sync_workflows
+
+    async with FakeAirudder() as server, server.client() as client:
+        server.add_history(100)
+        changed, new = server.mutate_random(status_changes=5, new=3, seed=1)
+        server.set_status(changed[:1], "finished", total=3)
+        sink: Sink
+        async with open_sink("workflows.db", busy_timeout=0.5) as sink:
+            summary: SyncSummary = await sync_workflows(
+                client, sink, lookback=timedelta(days=2), on_progress=lambda s: s.line()
+            )
+        assert summary.inserted + summary.changed >= len(new)

@@ -1,0 +1,367 @@
+"""
+The SQLite sink: stdlib `sqlite3` on a worker thread, one connection, WAL mode, one transaction per page.
+
+Times are stored as ISO 8601 text in UTC with `Z`. `synchronous=NORMAL` in WAL mode survives a killed
+process whole; a power cut may lose the last pages committed, never part of one (the cursor goes with
+its rows), so a restart still reads each workflow exactly once. A second sync of the same file is
+refused by an advisory lock on `FILE-sync.lock`; another program's long write transaction by
+`busy_timeout`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ._time import parse_time
+from .errors import DatabaseLockedError, SchemaVersionError, SyncError
+from .models import Cursor, Workflow
+from .sync import FINAL_STATUSES, SCHEMA_VERSION, PageCounts, RunState, SyncState, changes, extra_fields
+
+fcntl: ModuleType | None
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: only SQLite's own locks guard the file
+    fcntl = None
+
+__all__ = ["SqliteSink"]
+
+T = TypeVar("T")
+_FINAL = ", ".join(f"'{s}'" for s in sorted(FINAL_STATUSES))  # constants of ours, no user text
+_SCHEMA = f"""
+CREATE TABLE workflows (
+    workflow_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    template_name TEXT NOT NULL,
+    start_time TEXT,
+    end_time TEXT,
+    total INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    create_time TEXT NOT NULL,
+    extra TEXT,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    last_changed TEXT NOT NULL
+);
+CREATE INDEX workflows_open ON workflows (create_time) WHERE status NOT IN ({_FINAL});
+CREATE TABLE workflow_history (
+    id INTEGER PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    observed_at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    old_status TEXT,
+    new_status TEXT NOT NULL,
+    changes TEXT
+);
+CREATE TABLE sync_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    mark TEXT,
+    run TEXT,
+    cursor TEXT,
+    read INTEGER NOT NULL DEFAULT 0,
+    inserted INTEGER NOT NULL DEFAULT 0,
+    changed INTEGER NOT NULL DEFAULT 0,
+    unchanged INTEGER NOT NULL DEFAULT 0,
+    pages INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO sync_state (id) VALUES (1);
+"""
+_COLUMNS = "workflow_id, name, template_name, start_time, end_time, total, status, create_time, extra"
+_INSERT = (
+    f"INSERT INTO workflows ({_COLUMNS}, first_seen, last_seen, last_changed) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE = (
+    "UPDATE workflows SET name = ?, template_name = ?, start_time = ?, end_time = ?, total = ?, status = ?, "
+    "create_time = ?, extra = ?, last_seen = ?, last_changed = ? WHERE workflow_id = ?"
+)
+_TOUCH = "UPDATE workflows SET last_seen = ? WHERE workflow_id = ?"
+_HISTORY = (
+    "INSERT INTO workflow_history (workflow_id, observed_at, kind, old_status, new_status, changes) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_ADVANCE = (
+    "UPDATE sync_state SET cursor = ?, read = read + ?, inserted = inserted + ?, changed = changed + ?, "
+    "unchanged = unchanged + ?, pages = pages + 1 WHERE id = 1"
+)
+
+
+def utc_text(value: datetime | None) -> str | None:
+    """A time as stored: ISO 8601 in UTC with Z (as sent when it has no UTC equivalent)."""
+    if value is None:
+        return None
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        return value.isoformat()
+    text = value.isoformat()
+    return text[:-6] + "Z"
+
+
+Record = tuple[str, str, str, str | None, str | None, int, str, str, str | None]
+
+
+# A time sent in the form utc_text() makes is stored as sent: formatting 300,000 datetimes again was
+# the biggest CPU cost of a first sync. Anything else (an offset, fractions) goes through utc_text().
+_CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ").fullmatch
+
+
+def _time(sent: object, value: datetime | None) -> str | None:
+    if type(sent) is str and _CANONICAL(sent):
+        return sent
+    return utc_text(value)
+
+
+def record(wf: Workflow, raw: Mapping[str, Mapping[str, object]]) -> Record:
+    """A workflow as a row of the 9 data columns (*raw*: the objects sent, by id)."""
+    sent = raw.get(wf.workflow_id, {})
+    return (
+        wf.workflow_id,
+        wf.name,
+        wf.template_name,
+        _time(sent.get("start_time"), wf.start_time),
+        _time(sent.get("end_time"), wf.end_time),
+        wf.total,
+        wf.status,
+        _time(sent.get("create_time"), wf.create_time) or "",
+        extra_fields(sent) if sent else None,
+    )
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class SqliteSink:
+    """
+    A mirror in the SQLite file *path*; make one with `SqliteSink.connect()` (or `sync.open_sink()`).
+    """
+
+    def __init__(self, path: str, connection: sqlite3.Connection, lock_fd: int | None) -> None:
+        self.path = path
+        self.name = path
+        self._db = connection
+        self._lock_fd = lock_fd
+        self._limiter = anyio.CapacityLimiter(1)  # one statement at a time on the one connection
+
+    @classmethod
+    async def connect(cls, path: str, *, busy_timeout: float) -> SqliteSink:
+        """Open (and on first use create) the mirror at *path*; see `sync.open_sink()`."""
+        return await anyio.to_thread.run_sync(cls._connect, path, busy_timeout)
+
+    @classmethod
+    def _connect(cls, path: str, busy_timeout: float) -> SqliteSink:
+        lock_fd = _lock(path)
+        try:
+            db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            _unlock(lock_fd)
+            raise SyncError(f"cannot open {path}: {exc}") from None
+        try:
+            _prepare(db, path)
+        except BaseException:
+            db.close()
+            _unlock(lock_fd)
+            raise
+        return cls(path, db, lock_fd)
+
+    async def _run(self, func: Callable[..., T], *args: object) -> T:
+        return await anyio.to_thread.run_sync(self._guarded, func, args, limiter=self._limiter)
+
+    def _guarded(self, func: Callable[..., T], args: tuple[object, ...]) -> T:
+        try:
+            return func(*args)
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.rollback()
+            raise _translate(exc, self.path) from None
+
+    async def aclose(self) -> None:
+        """Close the connection and release the lock. Idempotent."""
+        await anyio.to_thread.run_sync(self._close, limiter=self._limiter)
+
+    def _close(self) -> None:
+        self._db.close()
+        _unlock(self._lock_fd)
+        self._lock_fd = None
+
+    # -- Sink ------------------------------------------------------------------------------------------
+
+    async def load_state(self) -> SyncState:
+        """Read the mark, the oldest open workflow and any unfinished run."""
+        return await self._run(self._load_state)
+
+    def _load_state(self) -> SyncState:
+        row = self._db.execute(
+            "SELECT mark, run, cursor, read, inserted, changed, unchanged, pages FROM sync_state WHERE id = 1"
+        ).fetchone()
+        (oldest,) = self._db.execute(
+            f"SELECT min(create_time) FROM workflows WHERE status NOT IN ({_FINAL})"
+        ).fetchone()
+        run = None
+        if row[1] is not None:
+            try:
+                run = RunState.load(row[1], row[2], row[3:])
+            except ValueError as exc:
+                raise SyncError(f"{self.path}: {exc}") from None
+        return SyncState(
+            mark=None if row[0] is None else parse_time(row[0]),
+            oldest_open=None if oldest is None else parse_time(oldest),
+            run=run,
+        )
+
+    async def begin_run(self, run: RunState) -> None:
+        """Store *run* as the run in progress."""
+        await self._run(self._begin_run, run)
+
+    def _begin_run(self, run: RunState) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE sync_state SET run = ?, cursor = ?, read = ?, inserted = ?, changed = ?, "
+                "unchanged = ?, pages = ? WHERE id = 1",
+                (
+                    run.meta_json(),
+                    run.cursor.to_json(),
+                    run.read,
+                    run.inserted,
+                    run.changed,
+                    run.unchanged,
+                    run.pages,
+                ),
+            )
+
+    async def write_page(
+        self,
+        items: Sequence[Workflow],
+        raw: Mapping[str, Mapping[str, object]],
+        *,
+        cursor: Cursor,
+        observed_at: datetime,
+        dry_run: bool,
+    ) -> PageCounts:
+        """Apply one page and store *cursor*, in one transaction (see `sync.Sink`)."""
+        records = [record(wf, raw) for wf in items]
+        return await self._run(self._write_page, records, cursor, utc_text(observed_at), dry_run)
+
+    def _write_page(self, records: list[Record], cursor: Cursor, now: str, dry_run: bool) -> PageCounts:
+        db = self._db
+        with self._transaction():
+            marks = ",".join("?" * len(records))  # SQLite takes an empty IN ()
+            found = db.execute(
+                f"SELECT {_COLUMNS} FROM workflows WHERE workflow_id IN ({marks})", [r[0] for r in records]
+            )
+            existing: dict[str, tuple[object, ...]] = {row[0]: row for row in found}
+            inserts: list[tuple[object, ...]] = []
+            updates: list[tuple[object, ...]] = []
+            touches: list[tuple[str, str]] = []
+            history: list[tuple[object, ...]] = []
+            for rec in records:
+                key = rec[0]
+                old = existing.get(key)
+                if old is None:
+                    inserts.append((*rec, now, now, now))
+                    history.append((key, now, "inserted", None, rec[6], None))
+                elif old == rec:
+                    touches.append((now, key))
+                else:
+                    updates.append((*rec[1:], now, now, key))
+                    diff = json.dumps(changes(old, rec), separators=(",", ":"), ensure_ascii=False)
+                    history.append((key, now, "changed", old[6], rec[6], diff))
+                existing[key] = rec  # a page that repeats an id compares with its own first copy
+            counts = PageCounts(inserted=len(inserts), changed=len(updates), unchanged=len(touches))
+            if dry_run:
+                return counts
+            db.executemany(_INSERT, inserts)
+            db.executemany(_UPDATE, updates)
+            db.executemany(_TOUCH, touches)
+            db.executemany(_HISTORY, history)
+            db.execute(
+                _ADVANCE,
+                (cursor.to_json(), len(records), counts.inserted, counts.changed, counts.unchanged),
+            )
+        return counts
+
+    async def finish_run(self, *, mark: datetime | None) -> None:
+        """End the run in progress, moving the mark to *mark* unless it is None."""
+        await self._run(self._finish_run, utc_text(mark))
+
+    def _finish_run(self, mark: str | None) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE sync_state SET run = NULL, cursor = NULL, mark = coalesce(?, mark) WHERE id = 1",
+                (mark,),
+            )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        yield
+        self._db.execute("COMMIT")
+
+
+def _prepare(db: sqlite3.Connection, path: str) -> None:
+    """Check the schema version (before anything is written), then make the tables and switch to WAL."""
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{path} has schema version {version}, newer than this airudder-async writes "
+                f"({SCHEMA_VERSION}): upgrade airudder-async; nothing was written",
+                found=version,
+                supported=SCHEMA_VERSION,
+            )
+        if version == 0:
+            (tables,) = db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if tables:
+                raise SyncError(f"{path} is an SQLite database of something else: give another --db")
+        if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+            raise SyncError(f"{path}: cannot use WAL mode (an in-memory or read-only database?)")
+        db.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoint every ~40 MiB of WAL rather than 4 MiB: a first sync writes pages all over the
+        # workflows B-tree (random ids), and frequent checkpoints tripled its time on disk.
+        db.execute("PRAGMA wal_autocheckpoint = 10000")
+        if version == 0:
+            # One script, one transaction: a crash leaves no half-made schema.
+            db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
+    except sqlite3.Error as exc:  # the caller closes the connection, which rolls back
+        raise _translate(exc, path) from None
+
+
+def _translate(exc: sqlite3.Error, path: str) -> SyncError:
+    if _is_busy(exc):
+        return DatabaseLockedError(f"{path} is locked by another writer: try again when it is done")
+    return SyncError(f"{path}: {exc}")
+
+
+def _lock(path: str) -> int | None:
+    """Hold `PATH-sync.lock` exclusively, or raise DatabaseLockedError when another sync does."""
+    if fcntl is None:  # pragma: no cover - not POSIX
+        return None
+    lock_path = path + "-sync.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        raise SyncError(f"cannot open {path}: {exc.strerror} ({lock_path})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseLockedError(
+            f"{path} is locked by another writer (another sync of it is running)"
+        ) from None
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
