@@ -1,11 +1,15 @@
 """
 Serve a FakeAirudder in its own process for the benchmarks; print its address as one JSON line.
 
-Usage: python benchmarks/_server.py --workflows 100000 --latency 0.02
+Usage: python benchmarks/_server.py --workflows 100000 --latency 0.02 [--rate R --burst B] [--record]
 
 The server runs until its stdin closes (the parent exits or closes the pipe), so it never outlives
-the benchmark that started it. Each line `cpu` on stdin is answered with the CPU seconds this process
-has used so far, one number per line on stdout.
+the benchmark that started it. Commands on stdin, each answered with one line on stdout:
+
+- `cpu`: the CPU seconds this process has used so far;
+- `limit RATE BURST RETRY_AFTER` (RETRY_AFTER 1 or 0) or `limit none`: set the server-side rate limit
+  from the next request on; answered with the server's clock at the change;
+- `requests` (with --record): the instancelist requests so far, as JSON `[[at, refused], ...]`.
 """
 
 from __future__ import annotations
@@ -16,13 +20,20 @@ import json
 import sys
 import time
 
-from airudder_async.testing import FakeAirudder
+from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, RateLimit
 
 
-async def serve(workflows: int, latency: float) -> None:
+def _limit(words: list[str]) -> RateLimit | None:
+    if words == ["none"]:
+        return None
+    rate, burst, retry_after = words
+    return RateLimit(rate=float(rate), burst=int(burst), has_retry_after=retry_after == "1")
+
+
+async def serve(workflows: int, latency: float, limit: RateLimit | None, record: bool) -> None:
     started = time.perf_counter()
-    async with FakeAirudder(workflows=workflows, latency=latency) as fake:
-        fake.record_requests = False  # the request log would grow with every benchmark request
+    async with FakeAirudder(workflows=workflows, latency=latency, rate_limit=limit) as fake:
+        fake.record_requests = record  # the request log would grow with every benchmark request
         address = {
             "url": fake.url,
             "app_key": fake.app_key,
@@ -35,16 +46,30 @@ async def serve(workflows: int, latency: float) -> None:
         loop = asyncio.get_running_loop()
         # Read commands in a thread until the parent closes our stdin; the event loop keeps serving.
         while line := await loop.run_in_executor(None, sys.stdin.readline):
-            if line.strip() == "cpu":
+            command, *words = line.split() or [""]
+            if command == "cpu":
                 print(time.process_time(), flush=True)
+            elif command == "limit":
+                fake.set_rate_limit(_limit(words))
+                print(loop.time() + fake.now, flush=True)
+            elif command == "requests":
+                seen = [[r.at, r.is_rate_limited] for r in fake.requests if r.path == INSTANCELIST_PATH]
+                print(json.dumps(seen), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workflows", type=int, default=100_000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    parser.add_argument("--rate", type=float, help="a server-side rate limit, requests per second")
+    parser.add_argument("--burst", type=int, default=1, help="the rate limit's burst")
+    parser.add_argument("--no-retry-after", action="store_true", help="429 answers carry no Retry-After")
+    parser.add_argument("--record", action="store_true", help="keep the request log (for `requests`)")
     args = parser.parse_args()
-    asyncio.run(serve(args.workflows, args.latency))
+    limit = None
+    if args.rate:
+        limit = RateLimit(rate=args.rate, burst=args.burst, has_retry_after=not args.no_retry_after)
+    asyncio.run(serve(args.workflows, args.latency, limit, args.record))
 
 
 if __name__ == "__main__":

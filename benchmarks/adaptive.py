@@ -4,11 +4,12 @@ Adaptive pacing against an unknown server rate limit: achieved rate, share of 42
     python benchmarks/adaptive.py [--duration 60] [--limits 5,20,80] [--burst 1] [--latency 0.02]
                                   [--no-retry-after] [--skip-halving]
 
-Each case walks a FakeAirudder (in this process) whose token bucket allows *limit* requests per second
-(bursts of *burst*) and answers 429 beyond it, with `Retry-After` unless --no-retry-after; the walk
-uses the default client (prefetch 8, 8 in flight) and stops after --duration seconds. Reported, from
-the server's own counters: achieved = admitted requests per second / limit, and the share of answers
-that were 429, once with adaptive pacing (the default) and once with `Limits(adaptive=False)`.
+Each case walks a FakeAirudder (benchmarks/_server.py, in its own process) whose token bucket allows
+*limit* requests per second (bursts of *burst*) and answers 429 beyond it, with `Retry-After` unless
+--no-retry-after; the walk uses the default client (prefetch 8, 8 in flight) and stops after
+--duration seconds. Reported, from the server's own request log: achieved = admitted requests per
+second / limit, and the share of answers that were 429, once with adaptive pacing (the default) and
+once with `Limits(adaptive=False)`.
 
 The halving case starts at 20 requests/s, halves at a third of the run and recovers at two thirds;
 it reports the share of 429s over the 10 s after the halving and how long after the recovery the
@@ -20,16 +21,22 @@ from __future__ import annotations
 import argparse
 import bisect
 import functools
+import json
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import attrs
 
-from airudder_async import Limits
+from airudder_async import AirudderClient, Limits
 from airudder_async.errors import AirudderError
-from airudder_async.testing import FakeAirudder, RateLimit
+from airudder_async.testing import RateLimit
+
+HERE = Path(__file__).resolve().parent
 
 PAGE_SIZE = 20
 
@@ -51,6 +58,42 @@ class Outcome:
         return bad / (ok + bad) if ok + bad else 0.0
 
 
+class Server:
+    """benchmarks/_server.py in its own process (so its clock and the client's CPU work do not mix)."""
+
+    def __init__(self, workflows: int, latency: float, limit: RateLimit) -> None:
+        cmd = [
+            sys.executable,
+            str(HERE / "_server.py"),
+            "--workflows", str(workflows),
+            "--latency", str(latency),
+            "--rate", str(limit.rate),
+            "--burst", str(limit.burst),
+            "--record",
+        ]  # fmt: skip
+        if not limit.has_retry_after:
+            cmd.append("--no-retry-after")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._proc.stdout is not None
+        self.address = json.loads(self._proc.stdout.readline())
+
+    def ask(self, command: str) -> str:
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
+        self._proc.stdin.write(command + "\n")
+        self._proc.stdin.flush()
+        return self._proc.stdout.readline()
+
+    def set_limit(self, limit: RateLimit) -> float:
+        """Set the server's limit; return the server's clock at the change."""
+        return float(self.ask(f"limit {limit.rate} {limit.burst} {int(limit.has_retry_after)}"))
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        self._proc.wait(timeout=30)
+
+
 async def walk(
     limit: RateLimit,
     *,
@@ -58,11 +101,19 @@ async def walk(
     duration: float,
     latency: float,
     schedule: Callable[[float], RateLimit] | None = None,
-) -> Outcome:
+) -> tuple[Outcome, list[float]]:
+    """Walk for *duration* seconds; return the outcome and the server times of the limit's changes."""
     workflows = int(limit.rate * 3 * duration * PAGE_SIZE) + PAGE_SIZE
-    async with FakeAirudder(workflows=workflows, latency=latency, rate_limit=limit) as fake:
-        fake.record_requests = True
-        async with fake.client(limits=Limits(adaptive=adaptive)) as client:
+    server = Server(workflows, latency, limit)
+    changes: list[float] = []
+    try:
+        address = server.address
+        async with AirudderClient(
+            app_key=address["app_key"],
+            app_secret=address["app_secret"],
+            base_url=address["url"],
+            limits=Limits(adaptive=adaptive),
+        ) as client:
             started = anyio.current_time()
             current = limit
             failures = 0
@@ -75,7 +126,7 @@ async def walk(
                     wanted = schedule(anyio.current_time() - started)
                     if wanted != current:
                         current = wanted
-                        fake.set_rate_limit(wanted)
+                        changes.append(await anyio.to_thread.run_sync(server.set_limit, wanted))
 
             async with anyio.create_task_group() as tg:
                 if schedule is not None:
@@ -92,24 +143,23 @@ async def walk(
                             cursor = exc.cursor
                 tg.cancel_scope.cancel()
             stats = client.stats
-        admitted_at: list[float] = []
-        refused_at: list[float] = []
-        origin = None
-        for r in fake.requests:
-            if r.path != "/service/cloud/workflow/instancelist":
-                continue
-            origin = r.at if origin is None else origin
-            (refused_at if r.is_rate_limited else admitted_at).append(r.at - origin)
-        return Outcome(
-            admitted=len(admitted_at),
-            refused=len(refused_at),
-            seconds=duration,
-            admitted_at=admitted_at,
-            refused_at=refused_at,
-            pacing_rate=stats.pacing_rate,
-            cuts=stats.pacing_cuts,
-            failures=failures,
-        )
+        seen = json.loads(server.ask("requests"))
+    finally:
+        server.close()
+    origin = seen[0][0] if seen else 0.0
+    admitted_at = [at - origin for at, refused in seen if not refused]
+    refused_at = [at - origin for at, refused in seen if refused]
+    outcome = Outcome(
+        admitted=len(admitted_at),
+        refused=len(refused_at),
+        seconds=duration,
+        admitted_at=admitted_at,
+        refused_at=refused_at,
+        pacing_rate=stats.pacing_rate,
+        cuts=stats.pacing_cuts,
+        failures=failures,
+    )
+    return outcome, [t - origin for t in changes]
 
 
 def reconverge(outcome: Outcome, at: float, limit: float) -> float | None:
@@ -148,7 +198,7 @@ def main() -> None:
     for limit in [float(x) for x in args.limits.split(",")]:
         for adaptive in (True, False):
             t0 = time.perf_counter()
-            out = anyio.run(
+            out, _ = anyio.run(
                 functools.partial(
                     walk,
                     RateLimit(rate=limit, burst=args.burst, has_retry_after=has_ra),
@@ -181,14 +231,15 @@ def main() -> None:
         def schedule(t: float, full: RateLimit = full, half: RateLimit = half) -> RateLimit:
             return half if third <= t < 2 * third else full
 
-        out = anyio.run(
+        out, changes = anyio.run(
             functools.partial(
                 walk, full, adaptive=adaptive, duration=args.duration, latency=args.latency, schedule=schedule
             )
         )
-        back = reconverge(out, 2 * third, base)
+        halved, restored = changes  # server times, from the walk's first request
+        back = reconverge(out, restored, base)
         print(
-            f"| {'adaptive' if adaptive else 'fixed'} | {out.share(third, third + 10):.2%} | "
+            f"| {'adaptive' if adaptive else 'fixed'} | {out.share(halved, halved + 10):.2%} | "
             f"{'not within the run' if back is None else f'{back:.1f} s'} | {out.share():.2%} |"
         )
 
