@@ -254,7 +254,8 @@ class WorkflowIterator:
             if self._slots:
                 slot = self._slots.popleft()
                 assert slot.page == page, (slot.page, page)
-                await slot.done.wait()
+                if not slot.done.is_set():  # (waiting on a set anyio Event still yields to the loop)
+                    await slot.done.wait()
                 if slot.error is not None:
                     raise slot.error
                 data = slot.result

@@ -156,7 +156,14 @@ class Pacer:
         """
         Hold one in-flight slot, after waiting out any cool-down and the budget.
         """
-        async with self.limiter:
+        limiter = self.limiter
+        try:
+            # A free slot is taken without a trip through the event loop (acquire() always makes one);
+            # the caller checks for cancellation before anything is sent.
+            limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await limiter.acquire()
+        try:
             if self.shared is not None:
                 self.budget_wait += await self.shared.acquire()  # budget and cool-down in one wait
             else:
@@ -168,3 +175,5 @@ class Pacer:
             if self.learnt is not None:
                 self.budget_wait += await self.learnt.acquire()
             yield
+        finally:
+            limiter.release()
