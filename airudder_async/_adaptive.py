@@ -27,6 +27,7 @@ from collections import deque
 __all__ = ["RateController"]
 
 _EVIDENCE = 5  # admitted answers needed before a measured rate is trusted as the peak
+_ESCAPE = 5.0  # seconds past the peak without a refusal before the climb turns fast again
 _RESTART = 1.0  # requests per second after a refusal with nothing measured behind it
 
 
@@ -110,6 +111,10 @@ class RateController:
             else:
                 self._grown += elapsed
                 self.rate = self._curve()
+                if self._grown > self._probe + max(_ESCAPE, self._probe / 2):
+                    # Long past the old peak without a refusal: the limit was raised (or lifted).
+                    # Climb fast from here, as at the start, until a refusal says where it is now.
+                    self._starting = True
         self._bound = False
 
     def refused(self, sent_at: float, now: float) -> bool:

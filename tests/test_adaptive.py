@@ -327,3 +327,18 @@ async def test_a_bare_429_still_pauses_every_worker_sharing_a_budget() -> None:
         budget = other._loop.pacer.shared
         assert isinstance(budget, MemoryRateBudget)
         assert budget._cooldown_until > 0.0  # set for every client on the budget, not only `one`
+
+
+def test_long_past_the_peak_without_a_refusal_the_climb_turns_fast() -> None:
+    """A limit raised (or lifted) is found in seconds, not by creeping up the cubic for minutes."""
+    ctl = RateController(beta=0.8, requests_per_cycle=100.0)
+    now = steady(ctl, 0.0, 20.0, 5.0)
+    ctl.refused(now, now)
+    probe = 100.0 / ctl.peak  # ~5 s back to the peak, then 5 s past it before the climb turns fast
+    now = steady(ctl, now, 10.0, 2 * probe - 0.5)
+    rate = ctl.rate
+    assert rate is not None
+    assert ctl.peak < rate < 1.25 * ctl.peak  # on the convex curve, a little above the peak
+    steady(ctl, now, 10.0, 2.0)  # past the 5 s: the last ~15 clean answers add 1/s each
+    assert ctl.rate is not None
+    assert ctl.rate > rate + 10.0
