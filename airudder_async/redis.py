@@ -198,7 +198,7 @@ def _wait(reply: object) -> float:
         text = reply.decode("ascii", "replace") if isinstance(reply, bytes) else reply
         with contextlib.suppress(ValueError):
             wait = float(text)
-    if not wait <= MAX_SHARED_WAIT:  # also NaN: not a number, or no number at all
+    if not (math.isfinite(wait) and wait <= MAX_SHARED_WAIT):  # NaN: not a number, or no number at all
         raise _bad_reply("rate budget", f"not a wait of at most {MAX_SHARED_WAIT:g} s")
     return wait
 
@@ -457,6 +457,12 @@ class RedisCoordination:
     start with *prefix*. *timeout* bounds every Redis call in seconds; *on_unavailable* says what a
     failed call does (`"fail"`: `CoordinationError`; `"local"`: a warning, then this process's own
     stores for *recheck* seconds). *lock_timeout* is how long one token fetch may hold the lock.
+
+    No shared wait exceeds `MAX_SHARED_WAIT` (900 s): a cool-down or budget slot further ahead in Redis
+    (its clock stepped back, a bogus writer) is treated as corrupt, reset and ignored; `cool_down()`
+    is clamped to it; a reply claiming a longer wait raises `CoordinationError`. A stored token that is
+    not printable ASCII without spaces, or longer than `MAX_SHARED_TOKEN` bytes, is deleted and a fresh
+    one fetched; a reply of the wrong shape or type raises `CoordinationError`.
     Use it as `async with coordination:` (or call `aclose()`) to close the connections it opened.
     """
 

@@ -539,6 +539,7 @@ async def test_budget_replies_are_checked(redis_server: RedisServer) -> None:
         backend = coordination._backend
         for script in (
             "return 'inf'",
+            "return '-inf'",
             "return '1e9'",
             "return 'nan'",
             "return 'abc'",
