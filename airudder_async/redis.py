@@ -89,7 +89,7 @@ DEFAULT_RECHECK = 5.0  # seconds of local fallback before Redis is tried again (
 MAX_SHARED_WAIT = 900.0
 MAX_SHARED_TOKEN = 4096  # bytes; a stored token longer, or not printable ASCII without spaces, is deleted
 _TOKEN_SHAPE = re.compile(rb"[!-~]+")
-_LOCK_POLL = 0.05
+_LOCK_POLL = 0.05  # seconds between looks at the token while another process fetches it
 # A new connection sends its first command at once, with no HELLO or CLIENT SETINFO round trip before
 # it (RESP2 needs no HELLO): the forget() after a SET NX whose reply came late then reaches Redis even
 # while its replies are still slow.
@@ -97,7 +97,7 @@ _NO_HANDSHAKE: dict[str, Any] = {"protocol": 2} | (
     {"driver_info": None}
     if importlib.util.find_spec("redis.driver_info") is not None  # redis-py >= 7.1
     else {"lib_name": None, "lib_version": None}
-)  # seconds between looks at the token while another process fetches it
+)
 
 T = TypeVar("T")
 
@@ -457,13 +457,13 @@ class RedisCoordination:
     start with *prefix*. *timeout* bounds every Redis call in seconds; *on_unavailable* says what a
     failed call does (`"fail"`: `CoordinationError`; `"local"`: a warning, then this process's own
     stores for *recheck* seconds). *lock_timeout* is how long one token fetch may hold the lock.
+    Use it as `async with coordination:` (or call `aclose()`) to close the connections it opened.
 
     No shared wait exceeds `MAX_SHARED_WAIT` (900 s): a cool-down or budget slot further ahead in Redis
     (its clock stepped back, a bogus writer) is treated as corrupt, reset and ignored; `cool_down()`
     is clamped to it; a reply claiming a longer wait raises `CoordinationError`. A stored token that is
     not printable ASCII without spaces, or longer than `MAX_SHARED_TOKEN` bytes, is deleted and a fresh
     one fetched; a reply of the wrong shape or type raises `CoordinationError`.
-    Use it as `async with coordination:` (or call `aclose()`) to close the connections it opened.
     """
 
     def __init__(
