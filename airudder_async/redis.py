@@ -34,8 +34,10 @@ process's own token, budget, cool-down and dedupe for *recheck* seconds before t
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -56,7 +58,7 @@ from .errors import CoordinationError
 try:
     import redis.asyncio as aioredis
     from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisError, ResponseError
     from redis.retry import Retry
 except ImportError:  # pragma: no cover - checked by a test that hides the package in a subprocess
     raise ImportError(
@@ -68,6 +70,8 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DEFAULT_RECHECK",
     "DEFAULT_REDIS_TIMEOUT",
+    "MAX_SHARED_TOKEN",
+    "MAX_SHARED_WAIT",
     "RedisCoordination",
     "RedisDedupeStore",
     "RedisRateBudget",
@@ -80,22 +84,43 @@ DEFAULT_PREFIX = "airudder"
 DEFAULT_REDIS_TIMEOUT = 2.0  # seconds for any one Redis call, connecting included
 DEFAULT_LOCK_TIMEOUT = 30.0  # seconds a token fetch may hold the lock (a crashed holder's lock expires)
 DEFAULT_RECHECK = 5.0  # seconds of local fallback before Redis is tried again (on_unavailable="local")
+# Any wait read from Redis (a cool-down, the budget's next slot) further ahead than this is corrupt (a
+# Redis clock stepped back, a bogus writer): the scripts reset it, and a reply beyond it is refused.
+MAX_SHARED_WAIT = 900.0
+MAX_SHARED_TOKEN = 4096  # bytes; a stored token longer, or not printable ASCII without spaces, is deleted
+_TOKEN_SHAPE = re.compile(rb"[!-~]+")
 _LOCK_POLL = 0.05  # seconds between looks at the token while another process fetches it
+# A new connection sends its first command at once, with no HELLO or CLIENT SETINFO round trip before
+# it (RESP2 needs no HELLO): the forget() after a SET NX whose reply came late then reaches Redis even
+# while its replies are still slow.
+_NO_HANDSHAKE: dict[str, Any] = {"protocol": 2} | (
+    {"driver_info": None}
+    if importlib.util.find_spec("redis.driver_info") is not None  # redis-py >= 7.1
+    else {"lib_name": None, "lib_version": None}
+)
 
 T = TypeVar("T")
 
-# KEYS: tat, cool-down. ARGV: interval, tolerance (seconds). Returns the wait in seconds, as text
-# (Redis turns a Lua number into an integer).
+# KEYS: tat, cool-down. ARGV: interval, tolerance, MAX_SHARED_WAIT (seconds). Returns the wait in
+# seconds, as text (Redis turns a Lua number into an integer). A cool-down more than MAX_SHARED_WAIT
+# ahead (or not a number) is deleted and ignored; such a tat is reset to now.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit = now + tonumber(ARGV[3])
 local start = now
-local cd = tonumber(redis.call('GET', KEYS[2]))
+local stored = redis.call('GET', KEYS[2])
+local cd = tonumber(stored)
+if stored and (not cd or cd ~= cd or cd > limit) then
+  redis.call('DEL', KEYS[2])
+  cd = nil
+end
 if cd and cd > start then start = cd end
 local interval = tonumber(ARGV[1])
 if interval > 0 then
   local tolerance = tonumber(ARGV[2])
   local tat = tonumber(redis.call('GET', KEYS[1]))
+  if tat and (tat ~= tat or tat > limit + tolerance) then tat = nil end
   if not tat or tat < start then tat = start end
   local allowed = tat - tolerance
   if allowed > start then start = allowed end
@@ -105,30 +130,48 @@ end
 return string.format('%.6f', start - now)
 """
 
-# KEYS: cool-down. ARGV: seconds. Sets it to now + seconds unless it already ends later.
+# KEYS: cool-down. ARGV: seconds (<= MAX_SHARED_WAIT), MAX_SHARED_WAIT. Sets it to now + seconds unless
+# it already ends later (and not corruptly later).
 _COOL_DOWN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local ends = now + tonumber(ARGV[1])
 local cd = tonumber(redis.call('GET', KEYS[1]))
-if not cd or ends > cd then
+if not cd or cd ~= cd or ends > cd or cd > now + tonumber(ARGV[2]) then
   redis.call('SET', KEYS[1], string.format('%.6f', ends), 'PX', math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
 end
 return 1
 """
 
-# KEYS: cool-down. Returns the seconds left of it (<= 0: none), as text.
+# KEYS: cool-down. ARGV: MAX_SHARED_WAIT. Returns the seconds left of it (<= 0: none), as text; one
+# more than MAX_SHARED_WAIT ahead (or not a number) is deleted and ignored.
 _COOL_DOWN_LEFT = """
-local cd = tonumber(redis.call('GET', KEYS[1]))
-if not cd then return '0' end
+local stored = redis.call('GET', KEYS[1])
+if not stored then return '0' end
 local t = redis.call('TIME')
-return string.format('%.6f', cd - (tonumber(t[1]) + tonumber(t[2]) / 1000000))
+local left = (tonumber(stored) or 0 / 0) - (tonumber(t[1]) + tonumber(t[2]) / 1000000)
+if left ~= left or left > tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return '0'
+end
+return string.format('%.6f', left)
 """
 
-# KEYS: token. Returns {token, milliseconds left} or nil.
+# KEYS: token. ARGV: MAX_SHARED_TOKEN. Returns {token, milliseconds left} or nil. A value that is no
+# token (not a string, longer than MAX_SHARED_TOKEN, not printable ASCII without spaces) is deleted and
+# treated as absent, and a long one is never read.
 _GET_TOKEN = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then return nil end
+if kind ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return nil
+end
 local v = redis.call('GET', KEYS[1])
-if not v then return nil end
+if not string.find(v, '^[!-~]+$') then
+  redis.call('DEL', KEYS[1])
+  return nil
+end
 return {v, redis.call('PTTL', KEYS[1])}
 """
 
@@ -141,6 +184,39 @@ return 0
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
+
+
+def _bad_reply(operation: str, problem: str) -> CoordinationError:
+    # The reply itself is never shown: it may be a token.
+    return CoordinationError(f"Redis's reply for the {operation} was {problem}", operation=operation)
+
+
+def _wait(reply: object) -> float:
+    """The seconds to wait in a budget script's reply: finite and at most MAX_SHARED_WAIT."""
+    wait = math.nan
+    if isinstance(reply, bytes | str) and len(reply) <= 64:
+        text = reply.decode("ascii", "replace") if isinstance(reply, bytes) else reply
+        with contextlib.suppress(ValueError):
+            wait = float(text)
+    if not (math.isfinite(wait) and wait <= MAX_SHARED_WAIT):  # NaN: not a number, or no number at all
+        raise _bad_reply("rate budget", f"not a wait of at most {MAX_SHARED_WAIT:g} s")
+    return wait
+
+
+def _token(reply: object) -> SharedToken | None:
+    """The token and its seconds left in the token script's reply (None: no token)."""
+    if reply is None:
+        return None
+    if not (isinstance(reply, list) and len(reply) == 2):
+        raise _bad_reply("token", "not a pair of a token and its time to live")
+    token, ms = reply
+    if isinstance(token, str):
+        token = token.encode("utf-8", "replace")
+    if not (isinstance(token, bytes) and len(token) <= MAX_SHARED_TOKEN and _TOKEN_SHAPE.fullmatch(token)):
+        raise _bad_reply("token", f"not a token (printable ASCII, at most {MAX_SHARED_TOKEN} bytes)")
+    if type(ms) is not int:
+        raise _bad_reply("token", "a time to live that is not an integer")
+    return token.decode("ascii"), max(0.0, ms / 1000)
 
 
 class _Backend:
@@ -167,18 +243,18 @@ class _Backend:
         try:
             with anyio.fail_after(self.timeout):
                 result = await fn()
+        except ResponseError as exc:  # the server answered with an error (a script on corrupt data)
+            failure, reason = type(exc).__name__, "answered the {} with an error"
         except (RedisError, OSError, TimeoutError) as exc:
             failure = "no answer in time" if type(exc) is TimeoutError else type(exc).__name__
+            reason = "could not be reached for the {} within " + f"{self.timeout:g} s"
         else:
             if self.down_until != -math.inf:
                 logger.warning("Redis is reachable again: %s is shared again", operation)
                 self.down_until = -math.inf
             return result
         # Raised outside the except block: redis-py's exceptions may name the server and chain more.
-        error = CoordinationError(
-            f"Redis could not be reached for the {operation} within {self.timeout:g} s ({failure})",
-            operation=operation,
-        )
+        error = CoordinationError(f"Redis {reason.format(operation)} ({failure})", operation=operation)
         if self.on_unavailable == "fail":
             raise error
         logger.warning("%s; using this process's own %s for %g s", error, operation, self.recheck)
@@ -215,13 +291,15 @@ class RedisRateBudget:
         if b.is_local():
             return await self._local.acquire()
         try:
-            keys, args = [self._tat, self._cooldown], [repr(self._interval), repr(self._tolerance)]
-            wait = float(await b.call("rate budget", lambda: b.acquire(keys=keys, args=args)))
+            keys = [self._tat, self._cooldown]
+            args = [repr(self._interval), repr(self._tolerance), repr(MAX_SHARED_WAIT)]
+            wait = _wait(await b.call("rate budget", lambda: b.acquire(keys=keys, args=args)))
             waited = 0.0
             while wait > 0:
                 waited += wait
                 await anyio.sleep(wait)
-                wait = float(await b.call("rate budget", lambda: b.cool_down_left(keys=[self._cooldown])))
+                left = await b.call("rate budget", lambda: b.cool_down_left(keys=keys[1:], args=args[2:]))
+                wait = _wait(left)
         except _Fallback:
             return await self._local.acquire()
         return waited
@@ -229,13 +307,17 @@ class RedisRateBudget:
     async def cool_down(self, seconds: float) -> None:
         """
         Hold every request of the account back for *seconds* from now (Redis's clock), never shortening.
+
+        *seconds* is clamped to `MAX_SHARED_WAIT`.
         """
+        seconds = min(seconds, MAX_SHARED_WAIT) if seconds > 0 else 0.0
         b = self._backend
         await self._local.cool_down(seconds)  # also held here, should Redis fail before it ends
         if b.is_local():
             return
         with contextlib.suppress(_Fallback):
-            await b.call("cool-down", lambda: b.cool_down(keys=[self._cooldown], args=[repr(seconds)]))
+            args = [repr(seconds), repr(MAX_SHARED_WAIT)]
+            await b.call("cool-down", lambda: b.cool_down(keys=[self._cooldown], args=args))
 
 
 class RedisTokenStore:
@@ -260,13 +342,10 @@ class RedisTokenStore:
         if b.is_local():
             return await self._local.get()
         try:
-            found = await b.call("token", lambda: b.get_token(keys=[self._key]))
+            found = await b.call("token", lambda: b.get_token(keys=[self._key], args=[MAX_SHARED_TOKEN]))
         except _Fallback:
             return await self._local.get()
-        if found is None:
-            return None
-        token, ms = found
-        return (token.decode() if isinstance(token, bytes) else token), max(0.0, ms / 1000)
+        return _token(found)
 
     async def obtain(self, fetch: Callable[[], Awaitable[str]], *, lifetime: float) -> SharedToken:
         """
@@ -275,39 +354,48 @@ class RedisTokenStore:
         While another process holds the lock this waits for its token; a lock left by a crashed
         process expires after *lock_timeout* seconds.
         """
+        try:
+            return await self._obtain_shared(fetch, lifetime=lifetime)
+        except _Fallback:  # the lock, if it may be held, is released by now
+            return await self._local.obtain(fetch, lifetime=lifetime)
+
+    async def _obtain_shared(self, fetch: Callable[[], Awaitable[str]], *, lifetime: float) -> SharedToken:
         b = self._backend
         owner = secrets.token_hex(16)
+        held = False  # True from the moment SET NX is sent until it is known to have failed
         try:
             while True:
                 if b.is_local():
                     return await self._local.obtain(fetch, lifetime=lifetime)
+                held = True  # a SET NX whose reply is lost (cancelled, timed out) may have taken it
                 taken = await b.call(
                     "token",
                     lambda: b.client.set(self._lock, owner, nx=True, px=_ms(self._lock_timeout)),
                 )
+                held = bool(taken)
                 current = await self.get()
                 if current is not None:
-                    if taken:
-                        await self._unlock(owner)
                     return current
-                if taken:
+                if held:
                     break
                 await anyio.sleep(_LOCK_POLL)
-        except _Fallback:
-            return await self._local.obtain(fetch, lifetime=lifetime)
-        try:
             token = await fetch()
             with contextlib.suppress(_Fallback):
                 await b.call("token", lambda: b.client.set(self._key, token, px=_ms(lifetime)))
             return token, lifetime
         finally:
-            with anyio.CancelScope(shield=True):
+            if held:
                 await self._unlock(owner)
 
     async def _unlock(self, owner: str) -> None:
+        """Release the lock if *owner* holds it: shielded, bounded, quiet (else it expires by itself)."""
         b = self._backend
-        with contextlib.suppress(_Fallback, CoordinationError):  # else it expires after lock_timeout
-            await b.call("token", lambda: b.delete_if(keys=[self._lock], args=[owner]))
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(b.timeout),
+            contextlib.suppress(RedisError, OSError),
+        ):
+            await b.delete_if(keys=[self._lock], args=[owner])
 
     async def invalidate(self, token: str) -> None:
         """
@@ -370,6 +458,12 @@ class RedisCoordination:
     failed call does (`"fail"`: `CoordinationError`; `"local"`: a warning, then this process's own
     stores for *recheck* seconds). *lock_timeout* is how long one token fetch may hold the lock.
     Use it as `async with coordination:` (or call `aclose()`) to close the connections it opened.
+
+    No shared wait exceeds `MAX_SHARED_WAIT` (900 s): a cool-down or budget slot further ahead in Redis
+    (its clock stepped back, a bogus writer) is treated as corrupt, reset and ignored; `cool_down()`
+    is clamped to it; a reply claiming a longer wait raises `CoordinationError`. A stored token that is
+    not printable ASCII without spaces, or longer than `MAX_SHARED_TOKEN` bytes, is deleted and a fresh
+    one fetched; a reply of the wrong shape or type raises `CoordinationError`.
     """
 
     def __init__(
@@ -400,6 +494,7 @@ class RedisCoordination:
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
+                **_NO_HANDSHAKE,
             )
         self.prefix = prefix
         self.on_unavailable: OnUnavailable = on_unavailable

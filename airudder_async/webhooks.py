@@ -115,6 +115,7 @@ logger = logging.getLogger(__name__)
 
 _DEFAULT_WEBHOOK_PATH: Final = "/airudder/webhook"
 _CHUNK = 65_536
+_FORGET_TIMEOUT = 5.0  # seconds for a best-effort forget() of a key recorded for an undelivered webhook
 
 _Callback = Callable[[WebhookEvent], Awaitable[None]]
 _Received = tuple[WebhookEvent, dict[str, object], bytes]  # the event, its decoded body, its bytes
@@ -344,22 +345,30 @@ class WebhookHandler:
         if busy := self._busy(request):
             return busy
         self._pending += 1  # held across the store's round trip, so max_pending still bounds callbacks
+        # Until the callback is scheduled, a key this request may have recorded (a store whose reply
+        # was lost or late, a cancelled handler, a shutdown) is forgotten, so AIRUDDER's retry of a
+        # delivery answered with an error (or never answered) is delivered, not called a duplicate.
+        ours, scheduled = True, False
         try:
-            is_new = await store.first_time(key, self._limits.dedupe_ttl)
-        except CoordinationError as exc:
-            self._pending -= 1
-            return self._reject(request, 503, f"de-duplication store unavailable: {exc}")
-        tg = self._task_group()
-        if not is_new:
-            self._pending -= 1
-            logger.info("duplicate %s webhook from %s not delivered again", event.kind, request.remote)
-            return _answer(200, "duplicate")
-        if tg is None:  # shutdown began during the round trip: let AIRUDDER's retry be delivered later
-            self._pending -= 1
-            await store.forget(key)
-            return self._reject(request, 503, "receiver is shutting down")
-        tg.start_soon(self._deliver, event, large)
-        return None
+            try:
+                is_new = await store.first_time(key, self._limits.dedupe_ttl)
+            except CoordinationError as exc:
+                return self._reject(request, 503, f"de-duplication store unavailable: {exc}")
+            if not is_new:
+                ours = False  # another delivery's record: kept
+                logger.info("duplicate %s webhook from %s not delivered again", event.kind, request.remote)
+                return _answer(200, "duplicate")
+            tg = self._task_group()
+            if tg is None:  # shutdown began during the round trip: let AIRUDDER's retry be delivered later
+                return self._reject(request, 503, "receiver is shutting down")
+            tg.start_soon(self._deliver, event, large)
+            scheduled = True
+            return None
+        finally:
+            if not scheduled:
+                self._pending -= 1
+                if ours:
+                    await _forget(store, key)
 
     async def _receive(self, request: web.Request) -> web.Response | _Received:
         """Read, check and parse the body: the event with its decoded body and bytes, or a refusal."""
@@ -402,6 +411,15 @@ class WebhookHandler:
                 exc.message,
             )
             return GenericEvent(kind=kind, decode_error=exc.message, extra=data, raw=data)
+
+
+async def _forget(store: DedupeStore, key: bytes) -> None:
+    """Forget *key* in *store*: best effort, shielded from cancellation, within _FORGET_TIMEOUT seconds."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(_FORGET_TIMEOUT):
+        try:
+            await store.forget(key)
+        except Exception:  # the record expires with its ttl
+            logger.warning("could not forget a webhook's de-duplication key; it expires with dedupe_ttl")
 
 
 def webhook_handler(

@@ -273,8 +273,8 @@ async def test_shared_dedupe_refusals() -> None:
         async def first_time(self, key: bytes, ttl: float) -> bool:
             raise CoordinationError("no redis", operation="webhook dedupe")
 
-        async def forget(self, key: bytes) -> None:
-            raise AssertionError("not called")
+        async def forget(self, key: bytes) -> None:  # asked, since the record may have landed
+            raise CoordinationError("no redis", operation="webhook dedupe")
 
     one = attrs.evolve(DEFAULT_WEBHOOK_LIMITS, max_pending=1)
     body = json.dumps({**EVENT, "case_id": "late"}).encode()
@@ -295,6 +295,46 @@ async def test_shared_dedupe_refusals() -> None:
         assert await _post(session, broken + "/airudder/webhook") == 503
         release.set()
     assert len(seen) == 1
+
+
+async def test_a_delivery_abandoned_during_the_store_round_trip_frees_its_slot() -> None:
+    """
+    A handler cancelled while the shared store is asked (the sender hung up) gives back its max_pending
+    slot and forgets the key it may have recorded, so later deliveries are not all answered 503.
+    """
+    entered, forgot = anyio.Event(), anyio.Event()
+    forgotten: list[bytes] = []
+
+    class Hanging(MemoryDedupeStore):
+        async def first_time(self, key: bytes, ttl: float) -> bool:
+            recorded = await super().first_time(key, ttl)
+            if not entered.is_set():  # the first round trip never ends
+                entered.set()
+                await anyio.sleep_forever()
+            return recorded
+
+        async def forget(self, key: bytes) -> None:
+            forgotten.append(key)
+            await super().forget(key)
+            forgot.set()
+
+    inbox = Inbox()
+    one = attrs.evolve(DEFAULT_WEBHOOK_LIMITS, max_pending=1)
+    body = json.dumps(EVENT).encode()
+    async with serve(webhook_app(inbox, dedupe=Hanging(), limits=one), handler_cancellation=True) as url:
+        host, port = url.removeprefix("http://").split(":")
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            head = "POST /airudder/webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            await stream.send(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await entered.wait()
+        # The sender hung up: aiohttp cancels the handler.
+        with anyio.fail_after(5):
+            await forgot.wait()
+        async with aiohttp.ClientSession() as session:
+            assert await _post(session, url + "/airudder/webhook") == 200  # the same event: delivered
+            assert await _post(session, url + "/airudder/webhook", {**EVENT, "case_id": "c-2"}) == 200
+    assert len(forgotten) == 1
+    assert [e.raw["case_id"] for e in inbox.events] == ["c-1", "c-2"]
 
 
 async def test_dedupe_size_zero_turns_shared_dedupe_off() -> None:

@@ -48,6 +48,8 @@ PUBLIC = {
         "DEFAULT_PREFIX",
         "DEFAULT_RECHECK",
         "DEFAULT_REDIS_TIMEOUT",
+        "MAX_SHARED_TOKEN",
+        "MAX_SHARED_WAIT",
         "RedisCoordination",
         "RedisDedupeStore",
         "RedisRateBudget",

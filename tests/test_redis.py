@@ -13,13 +13,14 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import anyio
+import anyio.abc
 import pytest
 import redis.asyncio as aioredis
 
 from airudder_async.coordination import account_id
 from airudder_async.errors import AuthenticationError, CoordinationError
 from airudder_async.models import Cursor
-from airudder_async.redis import RedisCoordination
+from airudder_async.redis import MAX_SHARED_TOKEN, MAX_SHARED_WAIT, RedisCoordination
 from airudder_async.testing import AUTH_PATH, FakeAirudder
 from tests.redis_support import RedisServer, _free_port
 
@@ -53,6 +54,52 @@ async def auth_token(fake: FakeAirudder) -> str:
     ):
         token: str = (await r.json())["data"]["token"]
         return token
+
+
+class SlowReplies:
+    """A TCP proxy in front of Redis that holds every reply back *delay* seconds while *delay* is set."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.delay = 0.0
+
+    async def _pipe(self, source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream, late: bool) -> None:
+        try:
+            async for chunk in source:
+                if late and self.delay:
+                    await anyio.sleep(self.delay)  # the reply is late; the command already ran
+                await sink.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the other side hung up
+        finally:
+            await sink.aclose()
+
+    async def handle(self, client: anyio.abc.SocketStream) -> None:
+        async with (
+            client,
+            await anyio.connect_tcp("127.0.0.1", self.port) as server,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(self._pipe, client, server, False)
+            tg.start_soon(self._pipe, server, client, True)
+
+
+@asynccontextmanager
+async def slow_replies(server: RedisServer) -> AsyncIterator[tuple[SlowReplies, str]]:
+    """A SlowReplies proxy in front of *server*, and the redis URL that goes through it."""
+    proxy = SlowReplies(server.port)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, proxy.handle)
+        yield proxy, f"redis://127.0.0.1:{port}/0"
+        tg.cancel_scope.cancel()
+
+
+async def redis_now(client: aioredis.Redis) -> float:
+    """Redis's own clock, in seconds."""
+    seconds, micros = await client.time()
+    return float(seconds) + micros / 1e6
 
 
 def test_missing_redis_package_names_the_extra() -> None:
@@ -440,3 +487,191 @@ async def test_two_receiver_replicas_deliver_an_event_once(redis_server: RedisSe
                 tg.start_soon(fake.send_webhook, url + "/airudder/webhook", {**event, "case_id": "c-2"})
     assert statuses == [200] * 5
     assert sorted(e.raw["case_id"] for e in delivered) == ["c-1", "c-2"]
+
+
+# ------------------------------------------------------------------------ hostile data and replies
+
+
+async def test_a_far_future_cool_down_or_budget_is_reset_not_waited(redis_server: RedisServer) -> None:
+    """
+    A cool-down or budget slot more than MAX_SHARED_WAIT ahead (a Redis clock stepped back, a bogus
+    writer) or not a number is deleted or reset, not waited for; cool_down() is clamped to MAX_SHARED_WAIT.
+    """
+    keys = f"airudder:{{{account_id('k')}}}"
+    async with raw(redis_server) as client, coordinated(redis_server.url) as coordination:
+        budget = coordination.rate_budget(app_key="k", rate=40, burst=1)
+        for value in (1e9, float("inf"), "nan", "not a number"):
+            far = value if isinstance(value, str) else await redis_now(client) + value
+            await client.set(f"{keys}:cooldown", str(far))
+            await client.set(f"{keys}:tat", str(far))
+            with anyio.fail_after(5):
+                assert await budget.acquire() < 1
+            assert await client.exists(f"{keys}:cooldown") == 0
+            assert float(await client.get(f"{keys}:tat")) < await redis_now(client) + 1
+            assert 0 < await client.pttl(f"{keys}:tat") <= 2000
+        # Set while a request waits its turn: the look at the cool-down after the wait ignores it too.
+        slow = coordination.rate_budget(app_key="slow", rate=5, burst=1)
+        await slow.acquire()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow.acquire)  # its slot is 0.2 s away
+                await anyio.wait_all_tasks_blocked()
+                far = await redis_now(client) + 1e9
+                await client.set(f"airudder:{{{account_id('slow')}}}:cooldown", str(far))
+        assert await client.exists(f"airudder:{{{account_id('slow')}}}:cooldown") == 0
+        # A corrupt cool-down is replaced by a new one; a huge cool-down is clamped.
+        await client.set(f"{keys}:cooldown", str(await redis_now(client) + 1e9))
+        await budget.cool_down(float("inf"))
+        left = float(await client.get(f"{keys}:cooldown")) - await redis_now(client)
+        assert MAX_SHARED_WAIT - 5 < left <= MAX_SHARED_WAIT
+        assert await client.pttl(f"{keys}:cooldown") <= (MAX_SHARED_WAIT + 1) * 1000
+        await budget.cool_down(float("nan"))  # no cool-down at all; the one running stays
+        assert float(await client.get(f"{keys}:cooldown")) - await redis_now(client) > MAX_SHARED_WAIT - 5
+
+
+async def test_budget_replies_are_checked(redis_server: RedisServer) -> None:
+    """
+    A budget reply that is no wait of at most MAX_SHARED_WAIT is a CoordinationError saying so (the value
+    not shown, nothing chained); a script error is told apart from an unreachable Redis.
+    """
+    async with coordinated(redis_server.url) as coordination:
+        budget = coordination.rate_budget(app_key="k", rate=10, burst=1)
+        backend = coordination._backend
+        for script in (
+            "return 'inf'",
+            "return '-inf'",
+            "return '1e9'",
+            "return 'nan'",
+            "return 'abc'",
+            "return 5",
+            "return {'1'}",
+            "return string.rep('1', 100)",
+        ):
+            backend.acquire = backend.client.register_script(script)
+            with anyio.fail_after(5), pytest.raises(CoordinationError) as caught:
+                await budget.acquire()
+            assert str(caught.value) == "Redis's reply for the rate budget was not a wait of at most 900 s"
+            assert caught.value.__context__ is None
+            assert caught.value.__cause__ is None
+        backend.acquire = backend.client.register_script("return redis.error_reply('secret detail')")
+        with pytest.raises(CoordinationError) as caught:
+            await budget.acquire()
+        assert str(caught.value) == "Redis answered the rate budget with an error (ResponseError)"
+        assert caught.value.__context__ is None
+
+
+async def test_a_bad_stored_token_is_deleted_and_a_fresh_one_fetched(redis_server: RedisServer) -> None:
+    """
+    A stored token with CR/LF, invalid UTF-8, a space, nothing at all, too many bytes or the wrong type
+    is deleted and treated as absent: the client fetches a fresh one and works.
+    """
+    async with (
+        raw(redis_server) as client,
+        FakeAirudder(workflows=1) as fake,
+        coordinated(redis_server.url) as coordination,
+    ):
+        key = f"airudder:{{{account_id(fake.app_key)}}}:token"
+        store = coordination.token_store(app_key=fake.app_key)
+        binary = aioredis.Redis.from_url(redis_server.url)
+        try:
+            for value in (b"abc\r\nX: 1", b"\xff\xfe tok", b"two words", b"", b"A" * (MAX_SHARED_TOKEN + 1)):
+                await binary.set(key, value, px=3_600_000)
+                assert await store.get() is None
+                assert await client.exists(key) == 0
+        finally:
+            await binary.aclose()
+        await client.rpush(key, "a-list")
+        assert await store.get() is None
+        assert await client.exists(key) == 0
+        await client.set(key, "A" * MAX_SHARED_TOKEN, px=60_000)  # at the bound: a token
+        assert (await store.get() or ("", 0.0))[0] == "A" * MAX_SHARED_TOKEN
+        await client.set(key, "abc\r\nX: 1", px=3_600_000)
+        async with fake.client(coordination=coordination) as api:
+            await api.list_workflows()
+        assert fake.hits("POST", AUTH_PATH) == 1
+        assert "\r" not in await client.get(key)
+
+
+async def test_token_replies_are_checked(redis_server: RedisServer) -> None:
+    """A token reply of the wrong shape or type is a CoordinationError saying so, never showing it."""
+    async with coordinated(redis_server.url) as coordination:
+        store = coordination.token_store(app_key="k")
+        backend = coordination._backend
+        for script, problem in (
+            ("return 'secret-token'", "not a pair of a token and its time to live"),
+            ("return {'secret-token', 1, 1}", "not a pair of a token and its time to live"),
+            ("return {'secret token', 1000}", "not a token (printable ASCII, at most 4096 bytes)"),
+            ("return {7, 1000}", "not a token (printable ASCII, at most 4096 bytes)"),
+            ("return {'secret-token', 'x'}", "a time to live that is not an integer"),
+        ):
+            backend.get_token = backend.client.register_script(script)
+            with pytest.raises(CoordinationError) as caught:
+                await store.get()
+            assert str(caught.value) == f"Redis's reply for the token was {problem}"
+            assert "secret" not in repr(caught.value)
+            assert caught.value.__context__ is None
+
+
+async def test_the_token_lock_is_released_when_its_reply_is_late(redis_server: RedisServer) -> None:
+    """
+    The lock's SET NX lands but its reply is late: whether the caller gives up (cancelled) or the call
+    times out (CoordinationError), the lock is released, not left for lock_timeout.
+    """
+
+    async def fetch() -> str:
+        raise AssertionError("fetched")
+
+    lock = f"airudder:{{{account_id('k')}}}:token-lock"
+    async with raw(redis_server) as client, slow_replies(redis_server) as (proxy, url):
+        async with coordinated(url, timeout=2) as coordination:
+            store = coordination.token_store(app_key="k")
+            await store.invalidate("load the scripts")
+            proxy.delay = 0.5
+            with anyio.move_on_after(0.2) as scope:
+                await store.obtain(fetch, lifetime=60)
+            assert scope.cancelled_caught
+            assert await client.exists(lock) == 0
+        proxy.delay = 0
+        async with coordinated(url, timeout=0.3) as coordination:
+            store = coordination.token_store(app_key="k")
+            await store.invalidate("load the scripts")
+            proxy.delay = 0.6
+            with pytest.raises(CoordinationError):
+                await store.obtain(fetch, lifetime=60)
+            assert await client.exists(lock) == 0
+
+
+async def test_a_webhook_whose_dedupe_reply_is_late_is_delivered_on_retry(redis_server: RedisServer) -> None:
+    """
+    The dedupe SET NX lands but its reply comes after the timeout: the receiver answers 503 and forgets
+    the key, so AIRUDDER's retry is delivered instead of being called a duplicate.
+    """
+    from airudder_async.webhooks import WebhookEvent, webhook_app
+    from tests.support import serve
+
+    delivered: list[str] = []
+    arrived = anyio.Event()
+
+    async def on_event(event: WebhookEvent) -> None:
+        delivered.append(str(event.raw["case_id"]))
+        if len(delivered) == 2:
+            arrived.set()
+
+    event = {"workflow_id": "wf-1", "case_id": "c-1", "status": "finished", "actions": []}
+    async with (
+        raw(redis_server) as client,
+        slow_replies(redis_server) as (proxy, url),
+        FakeAirudder() as fake,
+        coordinated(url, timeout=0.3) as coordination,
+        serve(webhook_app(on_event, dedupe=coordination.dedupe_store())) as receiver,
+    ):
+        hook = receiver + "/airudder/webhook"
+        assert await fake.send_webhook(hook, {**event, "case_id": "warm-up"}, attempts=1) == [200]
+        proxy.delay = 0.6  # the connection is open: the SET NX reaches Redis, its reply is late
+        assert await fake.send_webhook(hook, event, attempts=1) == [503]
+        proxy.delay = 0
+        assert len(await client.keys("airudder:webhooks:*")) == 1  # the warm-up's only: c-1's is forgotten
+        assert await fake.send_webhook(hook, event, attempts=1) == [200]
+        with anyio.fail_after(5):
+            await arrived.wait()
+    assert delivered == ["warm-up", "c-1"]
