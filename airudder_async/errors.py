@@ -14,7 +14,7 @@ AirudderError
 ├── DecodeError                 the answer was not JSON, its data did not fit the model, or a webhook
 │   │                           body did not fit its event
 │   └── ResponseTooLargeError   the answer outgrew `Limits.max_response_size` (after decompression)
-├── CoordinationError           the shared store (Redis) could not be reached, with on_unavailable="fail"
+├── CoordinationError           the shared store (Redis) failed or answered out of shape
 └── SyncError                   a mirror database (`airudder_async.sync`) cannot be opened or written
     ├── DatabaseLockedError     another writer holds it (another sync, or a long write transaction)
     └── SchemaVersionError      it was made by a newer airudder-async: nothing is written
@@ -222,10 +222,11 @@ class ResponseTooLargeError(DecodeError):
 
 class CoordinationError(AirudderError):
     """
-    The store that coordinates clients of one account (Redis) could not be reached in time.
-
-    Raised only with `on_unavailable="fail"`; nothing was sent to the API for the call that got it.
-    *operation* names what was being shared (`"rate budget"`, `"token"`, `"webhook dedupe"`).
+    The store that coordinates clients of one account (Redis) failed: it could not be reached in time
+    (raised only with `on_unavailable="fail"`; `"local"` falls back instead), or it answered with an
+    error or a value out of shape or bounds (raised in both modes: a corrupt shared state is not
+    papered over). The attempt that got it was not sent (after a 429: not retried). *operation* names
+    what was being shared (`"rate budget"`, `"token"`, `"webhook dedupe"`).
     """
 
     operation: str
