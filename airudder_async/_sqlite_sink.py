@@ -153,6 +153,9 @@ class SqliteSink:
         self._db = connection
         self._lock_fd = lock_fd
         self._limiter = anyio.CapacityLimiter(1)  # one statement at a time on the one connection
+        # Whether the last page written was all new workflows: then the next one is tried as plain
+        # inserts first, without the lookup of old rows (a first sync spends most of its time there).
+        self._all_new = True
 
     @classmethod
     async def connect(cls, path: str, *, busy_timeout: float) -> SqliteSink:
@@ -254,41 +257,70 @@ class SqliteSink:
         return await self._run(self._write_page, records, cursor, utc_text(observed_at), dry_run)
 
     def _write_page(self, records: list[Record], cursor: Cursor, now: str, dry_run: bool) -> PageCounts:
-        db = self._db
         with self._transaction():
-            marks = ",".join("?" * len(records))  # SQLite takes an empty IN ()
-            found = db.execute(
-                f"SELECT {_COLUMNS} FROM workflows WHERE workflow_id IN ({marks})", [r[0] for r in records]
+            if not dry_run and self._all_new and self._insert_all(records, now):
+                counts = PageCounts(inserted=len(records))
+            else:
+                counts = self._compare_and_apply(records, now, dry_run)
+                self._all_new = counts.inserted == len(records)
+                if dry_run:
+                    return counts
+            self._db.execute(
+                _ADVANCE,
+                (cursor.to_json(), len(records), counts.inserted, counts.changed, counts.unchanged),
             )
-            existing: dict[str, tuple[object, ...]] = {row[0]: row for row in found}
-            inserts: list[tuple[object, ...]] = []
-            updates: list[tuple[object, ...]] = []
-            touches: list[tuple[str, str]] = []
-            history: list[tuple[object, ...]] = []
-            for rec in records:
-                key = rec[0]
-                old = existing.get(key)
-                if old is None:
-                    inserts.append((*rec, now, now, now))
-                    history.append((key, now, "inserted", None, rec[6], None))
-                elif old == rec:
-                    touches.append((now, key))
-                else:
-                    updates.append((*rec[1:], now, now, key))
-                    diff = json.dumps(changes(old, rec), separators=(",", ":"), ensure_ascii=False)
-                    history.append((key, now, "changed", old[6], rec[6], diff))
-                existing[key] = rec  # a page that repeats an id compares with its own first copy
-            counts = PageCounts(inserted=len(inserts), changed=len(updates), unchanged=len(touches))
-            if dry_run:
-                return counts
+        return counts
+
+    def _insert_all(self, records: list[Record], now: str) -> bool:
+        """
+        Insert a page of new workflows without looking them up first (a first sync); False, with
+        nothing written, when one of them is in the table already (then the page is compared).
+        """
+        db = self._db
+        db.execute("SAVEPOINT page")
+        try:
+            db.executemany(_INSERT, [(*rec, now, now, now) for rec in records])
+        except sqlite3.IntegrityError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+                raise
+            db.execute("ROLLBACK TO page")
+            db.execute("RELEASE page")
+            return False
+        db.execute("RELEASE page")
+        db.executemany(_HISTORY, [(rec[0], now, "inserted", None, rec[6], None) for rec in records])
+        return True
+
+    def _compare_and_apply(self, records: list[Record], now: str, dry_run: bool) -> PageCounts:
+        """Compare a page with the rows it replaces, then insert, update and touch (unless *dry_run*)."""
+        db = self._db
+        marks = ",".join("?" * len(records))  # SQLite takes an empty IN ()
+        found = db.execute(
+            f"SELECT {_COLUMNS} FROM workflows WHERE workflow_id IN ({marks})", [r[0] for r in records]
+        )
+        existing: dict[str, tuple[object, ...]] = {row[0]: row for row in found}
+        inserts: list[tuple[object, ...]] = []
+        updates: list[tuple[object, ...]] = []
+        touches: list[tuple[str, str]] = []
+        history: list[tuple[object, ...]] = []
+        for rec in records:
+            key = rec[0]
+            old = existing.get(key)
+            if old is None:
+                inserts.append((*rec, now, now, now))
+                history.append((key, now, "inserted", None, rec[6], None))
+            elif old == rec:
+                touches.append((now, key))
+            else:
+                updates.append((*rec[1:], now, now, key))
+                diff = json.dumps(changes(old, rec), separators=(",", ":"), ensure_ascii=False)
+                history.append((key, now, "changed", old[6], rec[6], diff))
+            existing[key] = rec  # a page that repeats an id compares with its own first copy
+        counts = PageCounts(inserted=len(inserts), changed=len(updates), unchanged=len(touches))
+        if not dry_run:
             db.executemany(_INSERT, inserts)
             db.executemany(_UPDATE, updates)
             db.executemany(_TOUCH, touches)
             db.executemany(_HISTORY, history)
-            db.execute(
-                _ADVANCE,
-                (cursor.to_json(), len(records), counts.inserted, counts.changed, counts.unchanged),
-            )
         return counts
 
     async def finish_run(self, *, mark: datetime | None) -> None:

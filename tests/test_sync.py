@@ -370,6 +370,53 @@ async def test_a_repeated_id_on_a_page_is_compared_with_its_first_copy(tmp_path:
     assert table(db)[0][5] == 1
 
 
+async def test_new_pages_are_inserted_without_looking_up_old_rows(tmp_path: Path) -> None:
+    """After a page of new workflows (a first sync) the next is inserted without reading old rows; a page
+    of workflows mirrored already is still compared, and nothing is inserted twice."""
+    from airudder_async._sqlite_sink import SqliteSink
+
+    db = tmp_path / "wf.db"
+    statements: list[str] = []
+
+    def lookups() -> int:
+        found = sum(s.startswith("SELECT") and "workflow_id IN" in s for s in statements)
+        statements.clear()
+        return found
+
+    async with FakeAirudder() as fake, fake.client() as client, open_sink(db) as sink:
+        fake.add_history(450)
+        assert isinstance(sink, SqliteSink)
+        sink._db.set_trace_callback(statements.append)
+        first = await sync_workflows(client, sink, page_size=100)
+        first_lookups = lookups()
+        second = await sync_workflows(client, sink, page_size=100, full=True)
+        second_lookups = lookups()
+        assert table(db) == wire(fake)
+    assert (first_lookups, second_lookups) == (0, 5)
+    assert (first.inserted, second.inserted, second.unchanged) == (450, 0, 450)
+    assert [h[1] for h in history(db)] == ["inserted"] * 450
+
+
+async def test_a_refused_insert_of_a_new_page_is_reported(tmp_path: Path) -> None:
+    """A constraint of the user's that refuses a new workflow is a SyncError, and nothing is written."""
+    db = tmp_path / "wf.db"
+    async with FakeAirudder() as fake, fake.client() as client:
+        fake.add_history(150)
+        async with open_sink(db):
+            pass
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute(
+                "CREATE TRIGGER stop BEFORE INSERT ON workflows WHEN new.total >= 0 "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        async with open_sink(db) as sink:
+            with pytest.raises(SyncError, match="refused"):
+                await sync_workflows(client, sink, page_size=100)
+    assert table(db) == []
+    assert history(db) == []
+    assert json.loads(str(state(db)[3]))["page"] == 1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
