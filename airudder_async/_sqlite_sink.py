@@ -90,6 +90,10 @@ _HISTORY = (
     "INSERT INTO workflow_history (workflow_id, observed_at, kind, old_status, new_status, changes) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+_HISTORY_NEW = (
+    "INSERT INTO workflow_history (workflow_id, observed_at, kind, new_status) "
+    "SELECT workflow_id, ?, 'inserted', status FROM workflows WHERE rowid > ? ORDER BY rowid"
+)
 _ADVANCE = (
     "UPDATE sync_state SET cursor = ?, read = read + ?, inserted = inserted + ?, changed = changed + ?, "
     "unchanged = unchanged + ?, pages = pages + 1 WHERE id = 1"
@@ -278,17 +282,24 @@ class SqliteSink:
         """
         db = self._db
         db.execute("SAVEPOINT page")
+        (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM workflows").fetchone()
         try:
             db.executemany(_INSERT, [(*rec, now, now, now) for rec in records])
         except sqlite3.IntegrityError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
                 raise
-            db.execute("ROLLBACK TO page")
-            db.execute("RELEASE page")
-            return False
+            return self._undo_page()
+        # The history rows come from the rows just inserted, in SQLite: they have the rowids after the
+        # largest one before (unless that was the largest possible; then the page is compared instead).
+        if db.execute(_HISTORY_NEW, (now, last)).rowcount != len(records):
+            return self._undo_page()
         db.execute("RELEASE page")
-        db.executemany(_HISTORY, [(rec[0], now, "inserted", None, rec[6], None) for rec in records])
         return True
+
+    def _undo_page(self) -> bool:
+        self._db.execute("ROLLBACK TO page")
+        self._db.execute("RELEASE page")
+        return False
 
     def _compare_and_apply(self, records: list[Record], now: str, dry_run: bool) -> PageCounts:
         """Compare a page with the rows it replaces, then insert, update and touch (unless *dry_run*)."""

@@ -397,6 +397,27 @@ async def test_new_pages_are_inserted_without_looking_up_old_rows(tmp_path: Path
     assert [h[1] for h in history(db)] == ["inserted"] * 450
 
 
+async def test_new_pages_after_the_largest_rowid_are_compared(tmp_path: Path) -> None:
+    """A table holding the largest rowid gives new rows random ones: the pages are written all the same."""
+    db = tmp_path / "wf.db"
+    async with FakeAirudder() as fake, fake.client() as client:
+        fake.add_history(150)
+        async with open_sink(db):
+            pass
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute(
+                "INSERT INTO workflows (rowid, workflow_id, name, template_name, total, status, create_time, "
+                "first_seen, last_seen, last_changed) VALUES (9223372036854775807, '~', 'n', 't', 0, "
+                "'finished', '2020-01-01T00:00:00Z', '', '', '')"
+            )
+        async with open_sink(db) as sink:
+            summary = await sync_workflows(client, sink, page_size=100)
+    assert table(db)[:-1] == wire(fake)
+    assert summary.inserted == 150
+    assert sorted(h[0] for h in history(db)) == sorted(str(r[0]) for r in wire(fake))
+    assert {h[1] for h in history(db)} == {"inserted"}
+
+
 async def test_a_refused_insert_of_a_new_page_is_reported(tmp_path: Path) -> None:
     """A constraint of the user's that refuses a new workflow is a SyncError, and nothing is written."""
     db = tmp_path / "wf.db"
