@@ -261,45 +261,47 @@ class SqliteSink:
         return await self._run(self._write_page, records, cursor, utc_text(observed_at), dry_run)
 
     def _write_page(self, records: list[Record], cursor: Cursor, now: str, dry_run: bool) -> PageCounts:
+        if not dry_run and self._all_new:
+            counts = self._insert_all(records, cursor, now)
+            if counts is not None:
+                return counts
         with self._transaction():
-            if not dry_run and self._all_new and self._insert_all(records, now):
-                counts = PageCounts(inserted=len(records))
-            else:
-                counts = self._compare_and_apply(records, now, dry_run)
-                self._all_new = counts.inserted == len(records)
-                if dry_run:
-                    return counts
-            self._db.execute(
-                _ADVANCE,
-                (cursor.to_json(), len(records), counts.inserted, counts.changed, counts.unchanged),
-            )
+            counts = self._compare_and_apply(records, now, dry_run)
+            self._all_new = counts.inserted == len(records)
+            if dry_run:
+                return counts
+            self._advance(cursor, len(records), counts)
         return counts
 
-    def _insert_all(self, records: list[Record], now: str) -> bool:
+    def _insert_all(self, records: list[Record], cursor: Cursor, now: str) -> PageCounts | None:
         """
-        Insert a page of new workflows without looking them up first (a first sync); False, with
-        nothing written, when one of them is in the table already (then the page is compared).
+        Write a page of new workflows without looking them up first (a first sync), in one transaction;
+        None, with nothing written, when one of them is in the table already (then compare the page).
         """
         db = self._db
-        db.execute("SAVEPOINT page")
+        db.execute("BEGIN IMMEDIATE")  # not a savepoint: its journal of the pages changed cost 2x
         (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM workflows").fetchone()
         try:
             db.executemany(_INSERT, [(*rec, now, now, now) for rec in records])
         except sqlite3.IntegrityError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
                 raise
-            return self._undo_page()
+            db.execute("ROLLBACK")
+            return None
         # The history rows come from the rows just inserted, in SQLite: they have the rowids after the
         # largest one before (unless that was the largest possible; then the page is compared instead).
         if db.execute(_HISTORY_NEW, (now, last)).rowcount != len(records):
-            return self._undo_page()
-        db.execute("RELEASE page")
-        return True
+            db.execute("ROLLBACK")
+            return None
+        counts = PageCounts(inserted=len(records))
+        self._advance(cursor, len(records), counts)
+        db.execute("COMMIT")
+        return counts
 
-    def _undo_page(self) -> bool:
-        self._db.execute("ROLLBACK TO page")
-        self._db.execute("RELEASE page")
-        return False
+    def _advance(self, cursor: Cursor, read: int, counts: PageCounts) -> None:
+        self._db.execute(
+            _ADVANCE, (cursor.to_json(), read, counts.inserted, counts.changed, counts.unchanged)
+        )
 
     def _compare_and_apply(self, records: list[Record], now: str, dry_run: bool) -> PageCounts:
         """Compare a page with the rows it replaces, then insert, update and touch (unless *dry_run*)."""
