@@ -21,7 +21,9 @@ from airudder_async.models import Cursor
 from airudder_async.sync import (
     DEFAULT_LOOKBACK,
     FINAL_STATUSES,
+    PageCounts,
     RunState,
+    Sink,
     SyncSummary,
     changes,
     extra_fields,
@@ -597,6 +599,27 @@ async def test_a_failing_page_leaves_nothing_half_written(tmp_path: Path) -> Non
                 await sync_workflows(client, sink, page_size=100, full=True, prefetch=1)
     assert len(table(db)) == 100
     assert json.loads(str(state(db)[3]))["page"] == 2
+
+
+async def test_a_page_that_fails_while_the_walk_waits_to_send_raises_its_error_alone(tmp_path: Path) -> None:
+    """The walk blocked on sending the next page when writing one fails: the database error is raised
+    alone, not in a group with a broken stream."""
+    import anyio
+
+    class Failing:
+        def __init__(self, sink: Sink) -> None:
+            self.name = sink.name
+            self.load_state, self.begin_run = sink.load_state, sink.begin_run
+            self.finish_run = sink.finish_run
+
+        async def write_page(self, *args: object, **kwargs: object) -> PageCounts:
+            await anyio.wait_all_tasks_blocked()  # the walk has filled the stream and waits on it
+            raise SyncError("boom")
+
+    async with FakeAirudder() as fake, fake.client() as client, open_sink(tmp_path / "wf.db") as sink:
+        fake.add_history(500)
+        with pytest.raises(SyncError, match="boom"):
+            await sync_workflows(client, Failing(sink), page_size=100, prefetch=1)
 
 
 async def test_a_damaged_state_is_a_clear_error(tmp_path: Path) -> None:
