@@ -116,6 +116,26 @@ WITH incoming AS (
 )
 SELECT c.inserted, c.changed, (SELECT count(*) FROM touched) AS unchanged FROM counts c
 """
+# A page of new workflows only (a first sync): plain inserts, without the lookup of old rows, the
+# conflict handling and the comparison. A workflow already in the table makes it fail, as a whole
+# (one statement), and the page is written with _PAGE instead.
+_NEW_PAGE = f"""
+WITH inserted AS (
+    INSERT INTO workflows (workflow_id, {_DATA}, first_seen, last_seen, last_changed)
+    SELECT t.*, $10, $10, $10 FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bigint[],
+        $7::text[], $8::timestamptz[], $9::jsonb[]
+    ) AS t
+    RETURNING workflow_id, status
+), history AS (
+    INSERT INTO workflow_history (workflow_id, observed_at, kind, new_status)
+    SELECT workflow_id, $10, 'inserted', status FROM inserted
+), state AS (
+    UPDATE sync_state SET cursor = $11, read = read + $12, inserted = inserted + $12, pages = pages + 1
+    WHERE id = 1
+)
+SELECT count(*) FROM inserted
+"""
 
 
 def _asyncpg() -> Any:
@@ -137,6 +157,8 @@ class PostgresSink:
         self.name = name
         self._db = connection
         self._pg = asyncpg
+        # Whether the last page written was all new workflows: then the next one is tried with _NEW_PAGE.
+        self._all_new = True
 
     @classmethod
     async def connect(cls, url: str, *, busy_timeout: float) -> PostgresSink:
@@ -245,6 +267,13 @@ class PostgresSink:
             len(rows),
         )
         async with self._guard():
+            if not dry_run and self._all_new and len(rows) == len(items):
+                try:
+                    await self._db.fetchval(_NEW_PAGE, *args)
+                except self._pg.UniqueViolationError:
+                    pass  # a workflow is in the table already: compare the page
+                else:
+                    return PageCounts(inserted=len(rows))
             if dry_run:
                 tx = self._db.transaction()
                 await tx.start()
@@ -255,6 +284,7 @@ class PostgresSink:
             else:
                 row = await self._db.fetchrow(_PAGE, *args)
         extra_repeats = len(items) - len(rows)
+        self._all_new = int(row["inserted"]) == len(items)
         return PageCounts(
             inserted=int(row["inserted"]),
             changed=int(row["changed"]),

@@ -26,7 +26,16 @@ import anyio.to_thread
 from ._time import parse_time
 from .errors import DatabaseLockedError, SchemaVersionError, SyncError
 from .models import Cursor, Workflow
-from .sync import FINAL_STATUSES, SCHEMA_VERSION, PageCounts, RunState, SyncState, changes, extra_fields
+from .sync import (
+    _FIELDSET,
+    FINAL_STATUSES,
+    SCHEMA_VERSION,
+    PageCounts,
+    RunState,
+    SyncState,
+    changes,
+    extra_fields,
+)
 
 fcntl: ModuleType | None
 try:
@@ -90,6 +99,10 @@ _HISTORY = (
     "INSERT INTO workflow_history (workflow_id, observed_at, kind, old_status, new_status, changes) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+_HISTORY_NEW = (
+    "INSERT INTO workflow_history (workflow_id, observed_at, kind, new_status) "
+    "SELECT workflow_id, ?, 'inserted', status FROM workflows WHERE rowid > ? ORDER BY rowid"
+)
 _ADVANCE = (
     "UPDATE sync_state SET cursor = ?, read = read + ?, inserted = inserted + ?, changed = changed + ?, "
     "unchanged = unchanged + ?, pages = pages + 1 WHERE id = 1"
@@ -116,26 +129,28 @@ Record = tuple[str, str, str, str | None, str | None, int, str, str, str | None]
 _CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ").fullmatch
 
 
-def _time(sent: object, value: datetime | None) -> str | None:
-    if type(sent) is str and _CANONICAL(sent):
-        return sent
-    return utc_text(value)
-
-
-def record(wf: Workflow, raw: Mapping[str, Mapping[str, object]]) -> Record:
-    """A workflow as a row of the 9 data columns (*raw*: the objects sent, by id)."""
-    sent = raw.get(wf.workflow_id, {})
-    return (
-        wf.workflow_id,
-        wf.name,
-        wf.template_name,
-        _time(sent.get("start_time"), wf.start_time),
-        _time(sent.get("end_time"), wf.end_time),
-        wf.total,
-        wf.status,
-        _time(sent.get("create_time"), wf.create_time) or "",
-        extra_fields(sent) if sent else None,
-    )
+def page_records(items: Sequence[Workflow], raw: Mapping[str, Mapping[str, object]]) -> list[Record]:
+    """A page of workflows as rows of the 9 data columns (*raw*: the objects sent, by id)."""
+    canonical, fieldset = _CANONICAL, _FIELDSET  # one loop for the page, names local: this is per row
+    empty: Mapping[str, object] = {}
+    out: list[Record] = []
+    for wf in items:
+        sent = raw.get(wf.workflow_id, empty)
+        start, end, created = sent.get("start_time"), sent.get("end_time"), sent.get("create_time")
+        out.append(
+            (
+                wf.workflow_id,
+                wf.name,
+                wf.template_name,
+                start if type(start) is str and canonical(start) else utc_text(wf.start_time),
+                end if type(end) is str and canonical(end) else utc_text(wf.end_time),
+                wf.total,
+                wf.status,
+                created if type(created) is str and canonical(created) else utc_text(wf.create_time) or "",
+                None if sent.keys() <= fieldset else extra_fields(sent),
+            )
+        )
+    return out
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -153,6 +168,9 @@ class SqliteSink:
         self._db = connection
         self._lock_fd = lock_fd
         self._limiter = anyio.CapacityLimiter(1)  # one statement at a time on the one connection
+        # Whether the last page written was all new workflows: then the next one is tried as plain
+        # inserts first, without the lookup of old rows (a first sync spends most of its time there).
+        self._all_new = True
 
     @classmethod
     async def connect(cls, path: str, *, busy_timeout: float) -> SqliteSink:
@@ -250,45 +268,83 @@ class SqliteSink:
         dry_run: bool,
     ) -> PageCounts:
         """Apply one page and store *cursor*, in one transaction (see `sync.Sink`)."""
-        records = [record(wf, raw) for wf in items]
+        records = page_records(items, raw)
         return await self._run(self._write_page, records, cursor, utc_text(observed_at), dry_run)
 
     def _write_page(self, records: list[Record], cursor: Cursor, now: str, dry_run: bool) -> PageCounts:
-        db = self._db
+        if not dry_run and self._all_new:
+            counts = self._insert_all(records, cursor, now)
+            if counts is not None:
+                return counts
         with self._transaction():
-            marks = ",".join("?" * len(records))  # SQLite takes an empty IN ()
-            found = db.execute(
-                f"SELECT {_COLUMNS} FROM workflows WHERE workflow_id IN ({marks})", [r[0] for r in records]
-            )
-            existing: dict[str, tuple[object, ...]] = {row[0]: row for row in found}
-            inserts: list[tuple[object, ...]] = []
-            updates: list[tuple[object, ...]] = []
-            touches: list[tuple[str, str]] = []
-            history: list[tuple[object, ...]] = []
-            for rec in records:
-                key = rec[0]
-                old = existing.get(key)
-                if old is None:
-                    inserts.append((*rec, now, now, now))
-                    history.append((key, now, "inserted", None, rec[6], None))
-                elif old == rec:
-                    touches.append((now, key))
-                else:
-                    updates.append((*rec[1:], now, now, key))
-                    diff = json.dumps(changes(old, rec), separators=(",", ":"), ensure_ascii=False)
-                    history.append((key, now, "changed", old[6], rec[6], diff))
-                existing[key] = rec  # a page that repeats an id compares with its own first copy
-            counts = PageCounts(inserted=len(inserts), changed=len(updates), unchanged=len(touches))
+            counts = self._compare_and_apply(records, now, dry_run)
+            self._all_new = counts.inserted == len(records)
             if dry_run:
                 return counts
+            self._advance(cursor, len(records), counts)
+        return counts
+
+    def _insert_all(self, records: list[Record], cursor: Cursor, now: str) -> PageCounts | None:
+        """
+        Write a page of new workflows without looking them up first (a first sync), in one transaction;
+        None, with nothing written, when one of them is in the table already (then compare the page).
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")  # not a savepoint: its journal of the pages changed cost 2x
+        (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM workflows").fetchone()
+        try:
+            db.executemany(_INSERT, [(*rec, now, now, now) for rec in records])
+        except sqlite3.IntegrityError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+                raise
+            db.execute("ROLLBACK")
+            return None
+        # The history rows come from the rows just inserted, in SQLite: they have the rowids after the
+        # largest one before (unless that was the largest possible; then the page is compared instead).
+        if db.execute(_HISTORY_NEW, (now, last)).rowcount != len(records):
+            db.execute("ROLLBACK")
+            return None
+        counts = PageCounts(inserted=len(records))
+        self._advance(cursor, len(records), counts)
+        db.execute("COMMIT")
+        return counts
+
+    def _advance(self, cursor: Cursor, read: int, counts: PageCounts) -> None:
+        self._db.execute(
+            _ADVANCE, (cursor.to_json(), read, counts.inserted, counts.changed, counts.unchanged)
+        )
+
+    def _compare_and_apply(self, records: list[Record], now: str, dry_run: bool) -> PageCounts:
+        """Compare a page with the rows it replaces, then insert, update and touch (unless *dry_run*)."""
+        db = self._db
+        marks = ",".join("?" * len(records))  # SQLite takes an empty IN ()
+        found = db.execute(
+            f"SELECT {_COLUMNS} FROM workflows WHERE workflow_id IN ({marks})", [r[0] for r in records]
+        )
+        existing: dict[str, tuple[object, ...]] = {row[0]: row for row in found}
+        inserts: list[tuple[object, ...]] = []
+        updates: list[tuple[object, ...]] = []
+        touches: list[tuple[str, str]] = []
+        history: list[tuple[object, ...]] = []
+        for rec in records:
+            key = rec[0]
+            old = existing.get(key)
+            if old is None:
+                inserts.append((*rec, now, now, now))
+                history.append((key, now, "inserted", None, rec[6], None))
+            elif old == rec:
+                touches.append((now, key))
+            else:
+                updates.append((*rec[1:], now, now, key))
+                diff = json.dumps(changes(old, rec), separators=(",", ":"), ensure_ascii=False)
+                history.append((key, now, "changed", old[6], rec[6], diff))
+            existing[key] = rec  # a page that repeats an id compares with its own first copy
+        counts = PageCounts(inserted=len(inserts), changed=len(updates), unchanged=len(touches))
+        if not dry_run:
             db.executemany(_INSERT, inserts)
             db.executemany(_UPDATE, updates)
             db.executemany(_TOUCH, touches)
             db.executemany(_HISTORY, history)
-            db.execute(
-                _ADVANCE,
-                (cursor.to_json(), len(records), counts.inserted, counts.changed, counts.unchanged),
-            )
         return counts
 
     async def finish_run(self, *, mark: datetime | None) -> None:

@@ -433,22 +433,23 @@ async def sync_workflows(
     send, receive = anyio.create_memory_object_stream[tuple[list[Workflow], Raw, Cursor]](1)
 
     async def write() -> None:
-        async with receive:
-            async for batch, sent, cursor in receive:
-                page = await sink.write_page(
-                    batch, sent, cursor=cursor, observed_at=datetime.now(UTC), dry_run=dry_run
-                )
-                counts[0] += len(batch)
-                counts[1] += page.inserted
-                counts[2] += page.changed
-                counts[3] += page.unchanged
-                counts[4] += 1
-                if on_progress is not None:
-                    on_progress(summary())
+        async for batch, sent, cursor in receive:
+            page = await sink.write_page(
+                batch, sent, cursor=cursor, observed_at=datetime.now(UTC), dry_run=dry_run
+            )
+            counts[0] += len(batch)
+            counts[1] += page.inserted
+            counts[2] += page.changed
+            counts[3] += page.unchanged
+            counts[4] += 1
+            if on_progress is not None:
+                on_progress(summary())
 
     failure: AirudderError | None = None
     try:
-        async with walk, anyio.create_task_group() as tg:
+        # The receiving end stays open until the writer is done: a writer that fails must cancel the walk
+        # (one error), not break the stream under a send in progress (a second one).
+        async with walk, receive, anyio.create_task_group() as tg:
             tg.start_soon(write)
             async with send:
                 try:

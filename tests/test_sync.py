@@ -21,7 +21,9 @@ from airudder_async.models import Cursor
 from airudder_async.sync import (
     DEFAULT_LOOKBACK,
     FINAL_STATUSES,
+    PageCounts,
     RunState,
+    Sink,
     SyncSummary,
     changes,
     extra_fields,
@@ -370,6 +372,74 @@ async def test_a_repeated_id_on_a_page_is_compared_with_its_first_copy(tmp_path:
     assert table(db)[0][5] == 1
 
 
+async def test_new_pages_are_inserted_without_looking_up_old_rows(tmp_path: Path) -> None:
+    """After a page of new workflows (a first sync) the next is inserted without reading old rows; a page
+    of workflows mirrored already is still compared, and nothing is inserted twice."""
+    from airudder_async._sqlite_sink import SqliteSink
+
+    db = tmp_path / "wf.db"
+    statements: list[str] = []
+
+    def lookups() -> int:
+        found = sum(s.startswith("SELECT") and "workflow_id IN" in s for s in statements)
+        statements.clear()
+        return found
+
+    async with FakeAirudder() as fake, fake.client() as client, open_sink(db) as sink:
+        fake.add_history(450)
+        assert isinstance(sink, SqliteSink)
+        sink._db.set_trace_callback(statements.append)
+        first = await sync_workflows(client, sink, page_size=100)
+        first_lookups = lookups()
+        second = await sync_workflows(client, sink, page_size=100, full=True)
+        second_lookups = lookups()
+        assert table(db) == wire(fake)
+    assert (first_lookups, second_lookups) == (0, 5)
+    assert (first.inserted, second.inserted, second.unchanged) == (450, 0, 450)
+    assert [h[1] for h in history(db)] == ["inserted"] * 450
+
+
+async def test_new_pages_after_the_largest_rowid_are_compared(tmp_path: Path) -> None:
+    """A table holding the largest rowid gives new rows random ones: the pages are written all the same."""
+    db = tmp_path / "wf.db"
+    async with FakeAirudder() as fake, fake.client() as client:
+        fake.add_history(150)
+        async with open_sink(db):
+            pass
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute(
+                "INSERT INTO workflows (rowid, workflow_id, name, template_name, total, status, create_time, "
+                "first_seen, last_seen, last_changed) VALUES (9223372036854775807, '~', 'n', 't', 0, "
+                "'finished', '2020-01-01T00:00:00Z', '', '', '')"
+            )
+        async with open_sink(db) as sink:
+            summary = await sync_workflows(client, sink, page_size=100)
+    assert table(db)[:-1] == wire(fake)
+    assert summary.inserted == 150
+    assert sorted(h[0] for h in history(db)) == sorted(str(r[0]) for r in wire(fake))
+    assert {h[1] for h in history(db)} == {"inserted"}
+
+
+async def test_a_refused_insert_of_a_new_page_is_reported(tmp_path: Path) -> None:
+    """A constraint of the user's that refuses a new workflow is a SyncError, and nothing is written."""
+    db = tmp_path / "wf.db"
+    async with FakeAirudder() as fake, fake.client() as client:
+        fake.add_history(150)
+        async with open_sink(db):
+            pass
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute(
+                "CREATE TRIGGER stop BEFORE INSERT ON workflows WHEN new.total >= 0 "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        async with open_sink(db) as sink:
+            with pytest.raises(SyncError, match="refused"):
+                await sync_workflows(client, sink, page_size=100)
+    assert table(db) == []
+    assert history(db) == []
+    assert json.loads(str(state(db)[3]))["page"] == 1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -529,6 +599,27 @@ async def test_a_failing_page_leaves_nothing_half_written(tmp_path: Path) -> Non
                 await sync_workflows(client, sink, page_size=100, full=True, prefetch=1)
     assert len(table(db)) == 100
     assert json.loads(str(state(db)[3]))["page"] == 2
+
+
+async def test_a_page_that_fails_while_the_walk_waits_to_send_raises_its_error_alone(tmp_path: Path) -> None:
+    """The walk blocked on sending the next page when writing one fails: the database error is raised
+    alone, not in a group with a broken stream."""
+    import anyio
+
+    class Failing:
+        def __init__(self, sink: Sink) -> None:
+            self.name = sink.name
+            self.load_state, self.begin_run = sink.load_state, sink.begin_run
+            self.finish_run = sink.finish_run
+
+        async def write_page(self, *args: object, **kwargs: object) -> PageCounts:
+            await anyio.wait_all_tasks_blocked()  # the walk has filled the stream and waits on it
+            raise SyncError("boom")
+
+    async with FakeAirudder() as fake, fake.client() as client, open_sink(tmp_path / "wf.db") as sink:
+        fake.add_history(500)
+        with pytest.raises(SyncError, match="boom"):
+            await sync_workflows(client, Failing(sink), page_size=100, prefetch=1)
 
 
 async def test_a_damaged_state_is_a_clear_error(tmp_path: Path) -> None:

@@ -115,6 +115,33 @@ async def test_first_and_incremental_syncs_on_postgres(url: str) -> None:
     assert (state["run"], state["cursor"], state["read"], state["inserted"]) == (None, None, third.read, 0)
 
 
+async def test_new_pages_skip_the_comparison_on_postgres(url: str) -> None:
+    """After a page of new workflows (a first sync) the next is inserted without the upsert and its
+    comparison; a page of workflows mirrored already is still compared, nothing inserted twice."""
+    from airudder_async._postgres_sink import PostgresSink
+
+    queries: list[str] = []
+
+    def upserts() -> int:
+        found = sum("ON CONFLICT" in q for q in queries)
+        queries.clear()
+        return found
+
+    async with FakeAirudder() as fake, fake.client() as client, open_sink(url) as sink:
+        fake.add_history(450)
+        assert isinstance(sink, PostgresSink)
+        sink._db.add_query_logger(lambda record: queries.append(record.query))
+        first = await sync_workflows(client, sink, page_size=100)
+        first_upserts = upserts()
+        second = await sync_workflows(client, sink, page_size=100, full=True)
+        second_upserts = upserts()
+        assert await table(url) == wire(fake)
+    assert (first_upserts, second_upserts) == (0, 5)
+    assert (first.inserted, second.inserted, second.unchanged) == (450, 0, 450)
+    kinds = await query(url, "SELECT kind, count(*) AS n FROM workflow_history GROUP BY kind")
+    assert [(r["kind"], r["n"]) for r in kinds] == [("inserted", 450)]
+
+
 async def test_a_failed_run_resumes_on_postgres(url: str) -> None:
     """A run stopped by an API error resumes after its last committed page, each workflow once."""
     async with FakeAirudder() as fake, fake.client() as client, open_sink(url) as sink:
