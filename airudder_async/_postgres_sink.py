@@ -231,13 +231,7 @@ class PostgresSink:
             await self._db.execute(
                 "UPDATE sync_state SET run = $1, cursor = $2, read = $3, inserted = $4, changed = $5, "
                 "unchanged = $6, pages = $7 WHERE id = 1",
-                run.meta_json(),
-                run.cursor.to_json(),
-                run.read,
-                run.inserted,
-                run.changed,
-                run.unchanged,
-                run.pages,
+                *run.stored(),
             )
 
     async def write_page(

@@ -247,15 +247,7 @@ class SqliteSink:
             self._db.execute(
                 "UPDATE sync_state SET run = ?, cursor = ?, read = ?, inserted = ?, changed = ?, "
                 "unchanged = ?, pages = ? WHERE id = 1",
-                (
-                    run.meta_json(),
-                    run.cursor.to_json(),
-                    run.read,
-                    run.inserted,
-                    run.changed,
-                    run.unchanged,
-                    run.pages,
-                ),
+                run.stored(),
             )
 
     async def write_page(

@@ -114,6 +114,14 @@ class RunState:
             separators=(",", ":"),
         )
 
+    def stored(self) -> tuple[str, str, int, int, int, int, int]:
+        """
+        Return the run as a sink stores it: `meta_json()`, `cursor.to_json()` and the counts (read,
+        inserted, changed, unchanged, pages), the order `load()` takes them back in.
+        """
+        counts = (self.read, self.inserted, self.changed, self.unchanged, self.pages)
+        return (self.meta_json(), self.cursor.to_json(), *counts)
+
     @classmethod
     def load(cls, meta: str, cursor: str, counts: Sequence[int]) -> RunState:
         """
