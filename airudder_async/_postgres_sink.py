@@ -16,7 +16,16 @@ from typing import Any, cast
 
 from .errors import DatabaseLockedError, SchemaVersionError, SyncError
 from .models import Cursor, Workflow
-from .sync import FINAL_STATUSES, SCHEMA_VERSION, PageCounts, RunState, SyncState, extra_fields, redact_url
+from .sync import (
+    FINAL_STATUSES,
+    SCHEMA_VERSION,
+    PageCounts,
+    PageWrite,
+    RunState,
+    SyncState,
+    extra_fields,
+    redact_url,
+)
 
 __all__ = ["PostgresSink"]
 
@@ -234,7 +243,20 @@ class PostgresSink:
                 *run.stored(),
             )
 
-    async def write_page(
+    async def write_pages(
+        self, pages: Sequence[PageWrite], *, observed_at: datetime, dry_run: bool
+    ) -> PageCounts:
+        """Apply *pages* in order, each with its cursor in one statement (see `sync.Sink`)."""
+        if not pages:
+            raise ValueError("write_pages() needs at least one page")
+        counts = PageCounts()
+        for page in pages:
+            counts += await self._write_page(
+                page.items, page.raw, cursor=page.cursor, observed_at=observed_at, dry_run=dry_run
+            )
+        return counts
+
+    async def _write_page(
         self,
         items: Sequence[Workflow],
         raw: Mapping[str, Mapping[str, object]],
@@ -243,7 +265,6 @@ class PostgresSink:
         observed_at: datetime,
         dry_run: bool,
     ) -> PageCounts:
-        """Apply one page and store *cursor*, in one statement (see `sync.Sink`)."""
         unique = {wf.workflow_id: wf for wf in items}  # one statement may not touch a row twice
         rows = list(unique.values())
         args = (

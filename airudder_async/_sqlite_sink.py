@@ -1,5 +1,6 @@
 """
-The SQLite sink: stdlib `sqlite3` on a worker thread, one connection, WAL mode, one transaction per page.
+The SQLite sink: stdlib `sqlite3` on a worker thread, one connection, WAL mode, one transaction per
+`write_pages()` call (a page, or the pages that queued up while the last ones were written).
 
 Times are stored as ISO 8601 text in UTC with `Z`. `synchronous=NORMAL` in WAL mode survives a killed
 process whole; a power cut may lose the last pages committed, never part of one (the cursor goes with
@@ -31,6 +32,7 @@ from .sync import (
     FINAL_STATUSES,
     SCHEMA_VERSION,
     PageCounts,
+    PageWrite,
     RunState,
     SyncState,
     changes,
@@ -105,7 +107,7 @@ _HISTORY_NEW = (
 )
 _ADVANCE = (
     "UPDATE sync_state SET cursor = ?, read = read + ?, inserted = inserted + ?, changed = changed + ?, "
-    "unchanged = unchanged + ?, pages = pages + 1 WHERE id = 1"
+    "unchanged = unchanged + ?, pages = pages + ? WHERE id = 1"
 )
 
 
@@ -250,60 +252,60 @@ class SqliteSink:
                 run.stored(),
             )
 
-    async def write_page(
-        self,
-        items: Sequence[Workflow],
-        raw: Mapping[str, Mapping[str, object]],
-        *,
-        cursor: Cursor,
-        observed_at: datetime,
-        dry_run: bool,
+    async def write_pages(
+        self, pages: Sequence[PageWrite], *, observed_at: datetime, dry_run: bool
     ) -> PageCounts:
-        """Apply one page and store *cursor*, in one transaction (see `sync.Sink`)."""
-        records = page_records(items, raw)
-        return await self._run(self._write_page, records, cursor, utc_text(observed_at), dry_run)
+        """Apply *pages* and store the last one's cursor, in one transaction (see `sync.Sink`)."""
+        if not pages:
+            raise ValueError("write_pages() needs at least one page")
+        records = [page_records(page.items, page.raw) for page in pages]
+        return await self._run(self._write_pages, records, pages[-1].cursor, utc_text(observed_at), dry_run)
 
-    def _write_page(self, records: list[Record], cursor: Cursor, now: str, dry_run: bool) -> PageCounts:
+    def _write_pages(self, pages: list[list[Record]], cursor: Cursor, now: str, dry_run: bool) -> PageCounts:
         if not dry_run and self._all_new:
-            counts = self._insert_all(records, cursor, now)
+            counts = self._insert_all(pages, cursor, now)
             if counts is not None:
                 return counts
+        read = sum(map(len, pages))
         with self._transaction():
-            counts = self._compare_and_apply(records, now, dry_run)
-            self._all_new = counts.inserted == len(records)
+            counts = PageCounts()
+            for records in pages:  # in order: a later page compares with what an earlier one wrote
+                counts += self._compare_and_apply(records, now, dry_run)
+            self._all_new = counts.inserted == read
             if dry_run:
                 return counts
-            self._advance(cursor, len(records), counts)
+            self._advance(cursor, read, len(pages), counts)
         return counts
 
-    def _insert_all(self, records: list[Record], cursor: Cursor, now: str) -> PageCounts | None:
+    def _insert_all(self, pages: list[list[Record]], cursor: Cursor, now: str) -> PageCounts | None:
         """
-        Write a page of new workflows without looking them up first (a first sync), in one transaction;
-        None, with nothing written, when one of them is in the table already (then compare the page).
+        Write pages of new workflows without looking them up first (a first sync), in one transaction;
+        None, with nothing written, when one of them is in the table already (then compare the pages).
         """
         db = self._db
+        rows = [(*rec, now, now, now) for records in pages for rec in records]
         db.execute("BEGIN IMMEDIATE")  # not a savepoint: its journal of the pages changed cost 2x
         (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM workflows").fetchone()
         try:
-            db.executemany(_INSERT, [(*rec, now, now, now) for rec in records])
+            db.executemany(_INSERT, rows)
         except sqlite3.IntegrityError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
                 raise
             db.execute("ROLLBACK")
             return None
         # The history rows come from the rows just inserted, in SQLite: they have the rowids after the
-        # largest one before (unless that was the largest possible; then the page is compared instead).
-        if db.execute(_HISTORY_NEW, (now, last)).rowcount != len(records):
+        # largest one before (unless that was the largest possible; then the pages are compared instead).
+        if db.execute(_HISTORY_NEW, (now, last)).rowcount != len(rows):
             db.execute("ROLLBACK")
             return None
-        counts = PageCounts(inserted=len(records))
-        self._advance(cursor, len(records), counts)
+        counts = PageCounts(inserted=len(rows))
+        self._advance(cursor, len(rows), len(pages), counts)
         db.execute("COMMIT")
         return counts
 
-    def _advance(self, cursor: Cursor, read: int, counts: PageCounts) -> None:
+    def _advance(self, cursor: Cursor, read: int, pages: int, counts: PageCounts) -> None:
         self._db.execute(
-            _ADVANCE, (cursor.to_json(), read, counts.inserted, counts.changed, counts.unchanged)
+            _ADVANCE, (cursor.to_json(), read, counts.inserted, counts.changed, counts.unchanged, pages)
         )
 
     def _compare_and_apply(self, records: list[Record], now: str, dry_run: bool) -> PageCounts:

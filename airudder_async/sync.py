@@ -47,6 +47,7 @@ __all__ = [
     "FINAL_STATUSES",
     "SCHEMA_VERSION",
     "PageCounts",
+    "PageWrite",
     "RunState",
     "Sink",
     "SyncState",
@@ -63,6 +64,10 @@ SCHEMA_VERSION = 1
 FIELDS = ("workflow_id", "name", "template_name", "start_time", "end_time", "total", "status", "create_time")
 _FIELDSET = frozenset(FIELDS)
 _RUN_VERSION = 1
+# The most pages written (and committed) together when the database falls behind the walk; also the
+# pages that may wait for it. SQLite spends most of a first sync's time committing (each commit writes
+# every B-tree page the random ids touched): 16 pages a commit take that from ~2.7 ms a page to ~0.5.
+_GROUP_PAGES = 16
 Raw = Mapping[str, Mapping[str, object]]  # workflow id -> the object the API sent
 
 
@@ -75,6 +80,25 @@ class PageCounts:
     inserted: int = 0
     changed: int = 0
     unchanged: int = 0
+
+    def __add__(self, other: PageCounts) -> PageCounts:
+        return PageCounts(
+            inserted=self.inserted + other.inserted,
+            changed=self.changed + other.changed,
+            unchanged=self.unchanged + other.unchanged,
+        )
+
+
+@attrs.frozen
+class PageWrite:
+    """
+    One page for `Sink.write_pages()`: its workflows (*items*), the objects the API sent for them by
+    workflow id (*raw*), and the walk's *cursor* after the page.
+    """
+
+    items: Sequence[Workflow]
+    raw: Mapping[str, Mapping[str, object]]
+    cursor: Cursor
 
 
 @attrs.frozen(kw_only=True)
@@ -219,8 +243,8 @@ class Sink(Protocol):
     """
     Where `sync_workflows()` writes: a database with the three tables (see the module docstring).
 
-    *name* describes the database for messages, with any password redacted. Each method is one
-    transaction; `write_page()` commits the page's rows, their history and the run's new cursor together.
+    *name* describes the database for messages, with any password redacted. Each method commits what it
+    wrote before it returns; `write_pages()` commits pages' rows and history together with the cursor.
     """
 
     name: str
@@ -233,21 +257,18 @@ class Sink(Protocol):
         """Store *run* as the run in progress (its window pinned) before its first page is requested."""
         ...
 
-    async def write_page(
-        self,
-        items: Sequence[Workflow],
-        raw: Mapping[str, Mapping[str, object]],
-        *,
-        cursor: Cursor,
-        observed_at: datetime,
-        dry_run: bool,
+    async def write_pages(
+        self, pages: Sequence[PageWrite], *, observed_at: datetime, dry_run: bool
     ) -> PageCounts:
         """
-        Apply one page: insert new workflows, update changed ones (recording each in the history), touch
-        `last_seen` of the rest, and store *cursor* with the run's counts, all in one transaction.
+        Apply *pages* (one or more, in walk order) and return what they did together: insert new
+        workflows, update changed ones (recording each in the history), touch `last_seen` of the rest,
+        and store the last page's cursor with the run's counts.
 
-        *raw* maps each workflow id of the page to the object the API sent (for `extra_fields()`, and
-        its times as sent). With *dry_run* only count what would happen.
+        A page's rows, their history and a cursor at or after it are committed together: a sink may
+        commit all the pages in one transaction (the SQLite sink does) or each page in its own (the
+        PostgreSQL sink does). A page's *raw* objects give `extra_fields()` and its times as sent.
+        With *dry_run* only count what would happen.
         """
         ...
 
@@ -370,7 +391,7 @@ async def sync_workflows(
     `plan_window()`. *since*/*until* bound the creation time instead (timezone-aware); *full* re-reads
     everything; *lookback* bounds how far before the last run an incremental run looks for workflows
     that are still open. With *dry_run* nothing is written: the summary tells what would change.
-    *on_progress* gets the running summary after each page.
+    *on_progress* gets the running summary after each commit (one page, or several written together).
 
     Raises:
         AirudderError: the walk failed (`SyncError` for the database); the run resumes on the next call.
@@ -436,20 +457,25 @@ async def sync_workflows(
             full=run.full,
         )
 
-    # The database writes page N (in its thread) while the walk decodes page N + 1; pages are still
-    # written one at a time, in order, each with its own cursor.
-    send, receive = anyio.create_memory_object_stream[tuple[list[Workflow], Raw, Cursor]](1)
+    # The database writes (in its thread) while the walk decodes the next pages. When the database is the
+    # slower side, the pages that arrived meanwhile are written together (up to _GROUP_PAGES): one commit
+    # for the group, with the last page's cursor, so a crash still loses nothing and repeats nothing.
+    send, receive = anyio.create_memory_object_stream[PageWrite](_GROUP_PAGES)
 
     async def write() -> None:
-        async for batch, sent, cursor in receive:
-            page = await sink.write_page(
-                batch, sent, cursor=cursor, observed_at=datetime.now(UTC), dry_run=dry_run
-            )
-            counts[0] += len(batch)
-            counts[1] += page.inserted
-            counts[2] += page.changed
-            counts[3] += page.unchanged
-            counts[4] += 1
+        async for first in receive:
+            pages = [first]
+            while len(pages) < _GROUP_PAGES:
+                try:
+                    pages.append(receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            done = await sink.write_pages(pages, observed_at=datetime.now(UTC), dry_run=dry_run)
+            counts[0] += sum(len(page.items) for page in pages)
+            counts[1] += done.inserted
+            counts[2] += done.changed
+            counts[3] += done.unchanged
+            counts[4] += len(pages)
             if on_progress is not None:
                 on_progress(summary())
 
@@ -462,7 +488,7 @@ async def sync_workflows(
             async with send:
                 try:
                     async for batch in walk.by_page():
-                        await send.send((batch, raw[0], walk.cursor))
+                        await send.send(PageWrite(batch, raw[0], walk.cursor))
                 except AirudderError as exc:  # the pages read before it are still written
                     failure = exc
     except BaseExceptionGroup as group:  # a database failure cancels the walk: report it alone

@@ -5,14 +5,18 @@ Helpers shared by test modules (imported as `tests.support`; pytest puts the rep
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
+import anyio
 import attrs
 from aiohttp import web
 
 from airudder_async.__main__ import amain
+from airudder_async.errors import SyncError
+from airudder_async.sync import PageCounts, PageWrite, Sink
 
 
 @attrs.frozen
@@ -43,3 +47,25 @@ async def serve(app: web.Application, **runner_kwargs: Any) -> AsyncIterator[str
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+class Grouping:
+    """A sink that records how many pages each write_pages() got; *hold* makes the first call wait until
+    the walk has filled the stream, and *fail_at* makes that call (0-based) fail before writing."""
+
+    def __init__(self, sink: Sink, *, hold: bool = True, fail_at: int | None = None) -> None:
+        self.sink, self.hold, self.fail_at = sink, hold, fail_at
+        self.name = sink.name
+        self.load_state, self.begin_run = sink.load_state, sink.begin_run
+        self.finish_run = sink.finish_run
+        self.sizes: list[int] = []
+
+    async def write_pages(
+        self, pages: Sequence[PageWrite], *, observed_at: datetime, dry_run: bool
+    ) -> PageCounts:
+        if self.hold and not self.sizes:
+            await anyio.wait_all_tasks_blocked()  # the walk has filled the stream and waits on it
+        if len(self.sizes) == self.fail_at:
+            raise SyncError("the disk is full")
+        self.sizes.append(len(pages))
+        return await self.sink.write_pages(pages, observed_at=observed_at, dry_run=dry_run)

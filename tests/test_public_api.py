@@ -88,6 +88,7 @@ PUBLIC = {
         "FINAL_STATUSES",
         "SCHEMA_VERSION",
         "PageCounts",
+        "PageWrite",
         "RunState",
         "Sink",
         "SyncState",

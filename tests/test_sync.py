@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import sys
@@ -33,6 +34,7 @@ from airudder_async.sync import (
     sync_workflows,
 )
 from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault
+from tests.support import Grouping
 
 pytestmark = pytest.mark.anyio
 
@@ -612,14 +614,71 @@ async def test_a_page_that_fails_while_the_walk_waits_to_send_raises_its_error_a
             self.load_state, self.begin_run = sink.load_state, sink.begin_run
             self.finish_run = sink.finish_run
 
-        async def write_page(self, *args: object, **kwargs: object) -> PageCounts:
+        async def write_pages(self, *args: object, **kwargs: object) -> PageCounts:
             await anyio.wait_all_tasks_blocked()  # the walk has filled the stream and waits on it
             raise SyncError("boom")
 
     async with FakeAirudder() as fake, fake.client() as client, open_sink(tmp_path / "wf.db") as sink:
         fake.add_history(500)
-        with pytest.raises(SyncError, match="boom"):
-            await sync_workflows(client, Failing(sink), page_size=100, prefetch=1)
+        with pytest.raises(SyncError, match="boom"):  # 50 pages: more than the stream holds
+            await sync_workflows(client, Failing(sink), page_size=10, prefetch=1)
+
+
+async def test_pages_that_queue_up_behind_a_slow_database_are_committed_together(tmp_path: Path) -> None:
+    """While one write is in progress the walk goes on; the pages that queued up are then written in
+    groups of at most 16, each group one commit with its last page's cursor, and the mirror and its
+    counts are those of a page-by-page sync."""
+    db, alone = tmp_path / "wf.db", tmp_path / "alone.db"
+    async with FakeAirudder() as fake, fake.client() as client:
+        fake.add_history(500)
+        progress: list[int] = []
+        async with open_sink(db) as sink:
+            grouping = Grouping(sink)
+            summary = await sync_workflows(
+                client, grouping, page_size=10, prefetch=1, on_progress=lambda s: progress.append(s.pages)
+            )
+        async with open_sink(alone) as sink:
+            single = Grouping(sink, hold=False)
+            await sync_workflows(client, single, page_size=200, prefetch=1)
+    assert grouping.sizes[:2] == [1, 16]  # the first group is full: the walk waited on the stream
+    assert max(grouping.sizes) == 16
+    assert sum(grouping.sizes) == 50
+    assert progress == list(itertools.accumulate(grouping.sizes))  # after each commit
+    assert (summary.read, summary.inserted, summary.pages) == (500, 500, 50)
+    assert sum(single.sizes) == 3
+    assert table(db) == table(alone)
+    assert len(table(db)) == 500
+    assert sorted(history(db)) == sorted(history(alone))
+    assert state(db)[4:] == (500, 500, 0, 0, 50)
+
+
+async def test_a_group_that_fails_commits_nothing_and_the_next_run_resumes_before_it(tmp_path: Path) -> None:
+    """A failing group leaves the mirror at the group before it (rows, history and cursor); the next run
+    resumes there and ends with every workflow exactly once."""
+    db = tmp_path / "wf.db"
+    async with FakeAirudder() as fake, fake.client() as client:
+        fake.add_history(500)
+        async with open_sink(db) as sink:
+            with pytest.raises(SyncError, match="the disk is full"):
+                await sync_workflows(client, Grouping(sink, fail_at=2), page_size=10, prefetch=1)
+        assert len(table(db)) == 170
+        assert len(history(db)) == 170
+        assert json.loads(str(state(db)[3]))["page"] == 18
+        assert state(db)[4] == 170
+        async with open_sink(db) as sink:
+            summary = await sync_workflows(client, sink, page_size=10, prefetch=1)
+    assert summary.resumed
+    assert (summary.read, summary.inserted, summary.pages) == (500, 500, 50)
+    assert len(table(db)) == 500
+    assert len(history(db)) == 500
+    assert len({row[0] for row in history(db)}) == 500
+
+
+async def test_write_pages_needs_a_page(tmp_path: Path) -> None:
+    """An empty list of pages is a caller's mistake, not a commit of nothing."""
+    async with open_sink(tmp_path / "wf.db") as sink:
+        with pytest.raises(ValueError, match="at least one page"):
+            await sink.write_pages([], observed_at=datetime.now(UTC), dry_run=False)
 
 
 async def test_a_damaged_state_is_a_clear_error(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from airudder_async._sqlite_sink import utc_text
 from airudder_async.models import Cursor
-from airudder_async.sync import FINAL_STATUSES, PageCounts, open_sink
+from airudder_async.sync import FINAL_STATUSES, PageCounts, PageWrite, open_sink
 from airudder_async.testing import FakeAirudder
 
 pytestmark = pytest.mark.anyio
@@ -70,8 +70,8 @@ def test_utc_text_normalises_and_keeps_edge_times() -> None:
 async def test_an_empty_page_and_a_second_close(tmp_path: Path) -> None:
     """An empty page writes nothing but the cursor; closing a sink twice is fine."""
     async with open_sink(tmp_path / "wf.db") as sink:
-        counts = await sink.write_page(
-            [], {}, cursor=Cursor(page=2, page_size=5), observed_at=datetime.now(UTC), dry_run=False
+        counts = await sink.write_pages(
+            [PageWrite([], {}, Cursor(page=2, page_size=5))], observed_at=datetime.now(UTC), dry_run=False
         )
         assert counts == PageCounts()
         await sink.aclose()  # type: ignore[attr-defined]  # the SQLite sink has it

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -18,7 +19,7 @@ from airudder_async.errors import DatabaseLockedError, InvalidRequestError, Sche
 from airudder_async.sync import extra_fields, open_sink, sync_workflows
 from airudder_async.testing import FakeAirudder, Fault
 from tests.pgserver import PostgresServer
-from tests.support import cli
+from tests.support import Grouping, cli
 
 pytestmark = pytest.mark.anyio
 
@@ -140,6 +141,22 @@ async def test_new_pages_skip_the_comparison_on_postgres(url: str) -> None:
     assert (first.inserted, second.inserted, second.unchanged) == (450, 0, 450)
     kinds = await query(url, "SELECT kind, count(*) AS n FROM workflow_history GROUP BY kind")
     assert [(r["kind"], r["n"]) for r in kinds] == [("inserted", 450)]
+
+
+async def test_pages_written_together_on_postgres(url: str) -> None:
+    """A group of pages that queued up is written page by page, each with its cursor; the mirror and the
+    counts are those of single pages. An empty group is refused."""
+    async with FakeAirudder() as fake, fake.client() as client, open_sink(url) as sink:
+        fake.add_history(500)
+        with pytest.raises(ValueError, match="at least one page"):
+            await sink.write_pages([], observed_at=datetime.now(UTC), dry_run=False)
+        grouping = Grouping(sink)
+        summary = await sync_workflows(client, grouping, page_size=10, prefetch=1)
+        assert await table(url) == wire(fake)
+    assert grouping.sizes[:2] == [1, 16]
+    assert (summary.read, summary.inserted, summary.pages) == (500, 500, 50)
+    (state,) = await query(url, "SELECT read, inserted, pages FROM sync_state")
+    assert tuple(state) == (500, 500, 50)
 
 
 async def test_a_failed_run_resumes_on_postgres(url: str) -> None:
