@@ -77,6 +77,25 @@ def test_vendor_shapes_take_the_fast_path() -> None:
     assert parse_page(page) == (page.items, 7)
 
 
+def test_a_lowercase_t_separator_takes_the_fast_path() -> None:
+    """`t` between date and time reads the same in msgspec and in fromisoformat: no reason to refuse."""
+    for end in ("2022-10-09t07:02:40Z", "2022-10-09t07:02:40+07:00", "2022-10-09t07:02:40"):
+        body = encode(envelope([dict(ROW, end_time=end)]))
+        assert decode_page(body) is not None, end
+        assert client_path(body) == reference(body)
+    body = encode(envelope([dict(ROW, end_time="2022-10-09t07:02")]))  # msgspec wants the seconds
+    assert decode_page(body) is None
+    assert client_path(body) == reference(body)
+
+
+def test_an_escape_spelling_a_quirk_is_refused() -> None:
+    """`\\u007a` is a `z` only once decoded: the scan refuses any low escape rather than decode them."""
+    body = encode(envelope([dict(ROW, end_time="2022-10-09T07:02:40Z")])).replace(b"40Z", b"40\\u007a")
+    assert b"\\u007a" in body
+    assert decode_page(body) is None
+    assert client_path(body) == reference(body)
+
+
 def test_synthetic_pages_take_the_fast_path() -> None:
     """A page of FakeAirudder's workflows and an empty page decode in msgspec exactly as the reference."""
     for lists in (make_workflows(200), [], None):
@@ -88,10 +107,8 @@ def test_synthetic_pages_take_the_fast_path() -> None:
 @pytest.mark.parametrize(
     ("doc", "why"),
     [
-        (envelope([dict(ROW, end_time="2022-10-09t07:02:40Z")]), "lowercase t"),
         (envelope([dict(ROW, end_time="2022-10-09T07:02:40z")]), "lowercase z"),
         (envelope([dict(ROW, end_time="2022-10-09T07:02:40.1234567Z")]), "7 fraction digits"),
-        (envelope([dict(ROW, end_time="2022-10-09\u007407:02:40Z")]), "an escape spelling t"),
         (envelope([dict(ROW, total=2**64)]), "orjson reads it as a float"),
         (envelope([dict(ROW, total=-(2**63) - 1)]), "orjson reads it as a float"),
         (envelope([ROW], count=-1), "count below 0"),
