@@ -139,7 +139,13 @@ class RateController:
             level = self.rate
             sustained = self._since_cut >= _EVIDENCE
             if sustained and not self._starting:
-                level = min(level, self._since_cut / (now - self.cut_at))
+                measured = self._since_cut / (now - self.cut_at)
+                if now - self.cut_at > self.window:
+                    # Averaged since the cut, the climb back drags the measure below the limit (a
+                    # peak at 85-90% of it at 80/s): what the server admitted over the last `window`
+                    # seconds, just before this refusal, is the closer measure.
+                    measured = max(measured, self._served_rate(now)[0])
+                level = min(level, measured)
             # Leave the fast climb only once a pace held long enough to be refused for itself.
             self._starting = self._starting and not sustained
         self._cut(level, now)

@@ -98,11 +98,17 @@ class Pacer:
 
     def __init__(self, limits: Limits, shared: RateBudget | None = None) -> None:
         self.shared = shared
-        self.limiter = anyio.CapacityLimiter(limits.max_in_flight)
         self.bucket = (
             TokenBucket(limits.requests_per_second, limits.burst) if limits.requests_per_second else None
         )
         self.controller = RateController(limits.requests_per_second) if limits.adaptive else None
+        self.max_in_flight = limits.max_in_flight
+        # Slow start (adaptive only): until the first 429 or a learnt pace, one request in flight more
+        # for each answer, from one, up to the cap (a doubling per round trip, as TCP's slow start). A
+        # walk's first 8 requests at once cost an account with a strict limit 7 refusals before a
+        # single answer could say anything; a generous account pays three round trips.
+        start = 1 if self.controller is not None else limits.max_in_flight
+        self.limiter = anyio.CapacityLimiter(start)
         self.learnt: LearntPace | None = None  # paces at the controller's rate once it has one
         self.cooldown_until = 0.0
         self.budget_wait = 0.0
@@ -135,6 +141,12 @@ class Pacer:
         else:
             controller.admitted(now, now - sent_at)
         rate = controller.rate
+        limiter = self.limiter
+        if limiter.total_tokens < self.max_in_flight:  # slow start
+            if rate is None:
+                limiter.total_tokens += 1
+            else:  # the pace takes over from here
+                limiter.total_tokens = self.max_in_flight
         if rate is None or rate == before:
             return
         if self.learnt is None:

@@ -16,7 +16,7 @@ from airudder_async._adaptive import RateController
 from airudder_async._ratelimit import LearntPace, Pacer
 from airudder_async.coordination import MemoryCoordination, MemoryRateBudget
 from airudder_async.models import RequestEvent
-from airudder_async.testing import FakeAirudder, Fault, RateLimit
+from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault, RateLimit
 
 LATENCY = 0.02
 
@@ -141,10 +141,31 @@ def test_a_sustained_pace_refused_again_is_measured_since_the_cut() -> None:
     ctl = RateController(beta=0.9)
     now = steady(ctl, 0.0, 40.0, 5.0)
     ctl.refused(now, now)  # peak ~40, rate ~36
-    now = steady(ctl, now, 10.0, 2.0, held=False)  # the limit dropped: only 10/s come back
+    now = steady(ctl, now, 10.0, 1.5, held=False)  # the limit dropped: only 10/s come back
     ctl.refused(now, now + 0.01)
     assert ctl.peak == pytest.approx(10.0, rel=0.05)
     assert ctl.rate == pytest.approx(9.0, rel=0.05)
+
+
+def test_a_refusal_after_a_long_climb_measures_the_last_window_not_the_climb() -> None:
+    """Refused again long after a cut, the level is what the server admitted over the last window: the
+    average since the cut would include the slow climb back and set the peak well below the limit."""
+    ctl = RateController(beta=0.5, window=2.0)
+    now = steady(ctl, 0.0, 80.0, 3.0)
+    ctl.refused(now, now)  # peak 80, rate 40
+    cut_at, answers = now, 0
+    while ctl.rate is not None and ctl.rate < 80.0:  # the pace climbs back, each answer at its pace
+        now += 1.0 / ctl.rate
+        ctl.held()
+        ctl.admitted(now, LATENCY)
+        answers += 1
+    pace = ctl.rate
+    ctl.refused(now, now + 0.01)
+    since_cut = answers / (now + 0.01 - cut_at)
+    assert now - cut_at > 2.0
+    assert since_cut < 0.9 * pace
+    assert ctl.peak > 0.95 * pace
+    assert ctl.rate == pytest.approx(0.5 * ctl.peak)
 
 
 def test_rising_latency_holds_growth_and_a_climb_cuts() -> None:
@@ -254,7 +275,41 @@ async def test_fixed_pacer_ignores_answers() -> None:
     assert pacer.learnt is None
 
 
+@pytest.mark.anyio
+async def test_slow_start_opens_the_window_one_answer_at_a_time() -> None:
+    """Adaptive: one request in flight at first, one more per answer up to the cap; the first 429 (a
+    learnt pace) opens it at once. Fixed pacing starts at the cap."""
+    pacer = Pacer(Limits(max_in_flight=4))
+    assert pacer.limiter.total_tokens == 1
+    for expected in (2, 3, 4, 4):
+        pacer.answered(0.0, refused=False)
+        assert pacer.limiter.total_tokens == expected
+    refused = Pacer(Limits(max_in_flight=8))
+    refused.answered(0.0, refused=False)
+    refused.answered(0.0, refused=True)
+    assert refused.rate is not None
+    assert refused.limiter.total_tokens == 8
+    assert Pacer(Limits(adaptive=False, max_in_flight=8)).limiter.total_tokens == 8
+
+
 # -- the client ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("adaptive", "most"), [(True, 3), (False, 8)])
+async def test_a_strict_limit_refuses_few_of_the_first_requests(adaptive: bool, most: int) -> None:
+    """Against 10 requests/s without a burst, the walk's first 8 requests went out at once and 7 were
+    refused; slow start sends one, then two, and the first refusal sets a pace."""
+    async with (
+        FakeAirudder(workflows=24, rate_limit=RateLimit(rate=10.0, burst=1)) as fake,
+        fake.client(limits=Limits(adaptive=adaptive), retry=RetryPolicy(attempts=50)) as client,
+    ):
+        seen = [wf.workflow_id async for wf in client.iter_workflows(page_size=3)]
+        first = [r.is_rate_limited for r in fake.requests if r.path == INSTANCELIST_PATH][:8]
+    assert len(seen) == 24
+    assert sum(first) <= most
+    if not adaptive:
+        assert sum(first) >= 6
 
 
 @pytest.mark.anyio

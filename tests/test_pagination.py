@@ -16,11 +16,16 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
+from airudder_async import Limits
 from airudder_async._pagination import last_page, pages_left
 from airudder_async.models import Cursor
 from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault
 
 LIST = ("GET", INSTANCELIST_PATH)
+
+# Every prefetched request goes out at once (adaptive pacing's slow start would send them as answers
+# come back), so a gate holds all of them.
+AT_ONCE = Limits(adaptive=False)
 
 
 def test_pages_left_rules() -> None:
@@ -64,7 +69,7 @@ def _open_connections(client: object) -> int:
 @pytest.mark.anyio
 async def test_break_with_prefetch_leaves_nothing_behind() -> None:
     """`break` after the first item with prefetch 8 leaves no pending task or busy connection."""
-    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=1000) as fake, fake.client(limits=AT_ONCE) as client:
         gate = fake.gate(INSTANCELIST_PATH, after=1)  # page 1 is answered, the prefetched pages wait
         async for _wf in client.iter_workflows(page_size=100, prefetch=8):
             await gate.wait_held(8)  # the prefetch requests are out, and unanswered
@@ -82,7 +87,7 @@ async def test_break_with_prefetch_leaves_nothing_behind() -> None:
 @pytest.mark.anyio
 async def test_dropped_walk_cancels_only_the_pages_in_flight() -> None:
     """A walk dropped with some prefetched pages answered and others in flight stops those in flight."""
-    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=1000) as fake, fake.client(limits=AT_ONCE) as client:
         gate = fake.gate(INSTANCELIST_PATH, after=3)  # page 1 and the first two prefetched pages pass
         walk = client.iter_workflows(page_size=100, prefetch=8)
         await walk.__anext__()
@@ -105,7 +110,7 @@ async def test_dropped_walk_cancels_only_the_pages_in_flight() -> None:
 @pytest.mark.anyio
 async def test_aclose_stops_in_flight_requests() -> None:
     """aclose() cancels prefetch requests and waits until they are gone."""
-    async with FakeAirudder(workflows=1000) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=1000) as fake, fake.client(limits=AT_ONCE) as client:
         gate = fake.gate(INSTANCELIST_PATH, after=1)
         walk = client.iter_workflows(page_size=100, prefetch=8)
         async with aclosing(walk):
@@ -125,7 +130,7 @@ async def test_aclose_stops_in_flight_requests() -> None:
 @pytest.mark.anyio
 async def test_consumer_exception_and_cancellation_stop_the_walk() -> None:
     """An exception in the consumer or a cancelled consumer leaves no prefetch task behind."""
-    async with FakeAirudder(workflows=3000) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=3000) as fake, fake.client(limits=AT_ONCE) as client:
         with pytest.raises(KeyError):
             async with client.iter_workflows(page_size=100) as walk:
                 async for _ in walk:
@@ -333,7 +338,7 @@ async def test_server_ignoring_page_does_not_loop_forever(caplog: pytest.LogCapt
 @pytest.mark.anyio
 async def test_cancelled_consumer_stops_the_awaited_request() -> None:
     """Cancelling a consumer waiting for a prefetched page cancels that page's request too."""
-    async with FakeAirudder(workflows=3000) as fake, fake.client() as client:
+    async with FakeAirudder(workflows=3000) as fake, fake.client(limits=AT_ONCE) as client:
         gate = fake.gate(INSTANCELIST_PATH, after=1)
         walk = client.iter_workflows(page_size=100, prefetch=4)
         await walk.__anext__()  # page 1 arrives; pages 2-5 are requested
