@@ -200,7 +200,8 @@ class DecodedPage:
 # stdlib reads. Each needle is searched only when a one-byte probe of the body finds its rare byte:
 # short needles full of zeros are slow to find in a page of digits. A lowercase `t` separator needs no
 # check (it cost a third of the scan): fromisoformat (3.11+) takes any separator and reads such a time as
-# msgspec does, or msgspec refuses it (tests/test_decode_paths.py compares every form).
+# msgspec does, or msgspec refuses it (checked by fuzzing on 3.11-3.13 with msgspec 0.23; the property
+# test in tests/test_decode_paths.py keeps comparing both paths on generated times with `t`).
 _MAP = bytes.maketrans(b"123456789[", b"000000000{")
 _QUIRKS = ((b"z", b"0z"), (b".", b".0000000"), (b"\\", b"\\u000"))
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # orjson reads a larger integer as a float, which cattrs refuses

@@ -279,7 +279,7 @@ class PostgresSink:
             [extra_fields(raw.get(wf.workflow_id, {})) for wf in rows],
             observed_at,
             cursor.to_json(),
-            len(rows),
+            len(items),  # read: a repeated id counts as read (and unchanged), as in the summary
         )
         async with self._guard():
             if not dry_run and self._all_new and len(rows) == len(items):

@@ -269,8 +269,11 @@ class SqliteSink:
         read = sum(map(len, pages))
         with self._transaction():
             counts = PageCounts()
-            for records in pages:  # in order: a later page compares with what an earlier one wrote
-                counts += self._compare_and_apply(records, now, dry_run)
+            # In order: a later page compares with what an earlier one wrote (or, in a dry run, would
+            # have written: *unwritten* keeps those rows).
+            unwritten: dict[str, Record] = {}
+            for records in pages:
+                counts += self._compare_and_apply(records, now, dry_run, unwritten)
             self._all_new = counts.inserted == read
             if dry_run:
                 return counts
@@ -308,14 +311,20 @@ class SqliteSink:
             _ADVANCE, (cursor.to_json(), read, counts.inserted, counts.changed, counts.unchanged, pages)
         )
 
-    def _compare_and_apply(self, records: list[Record], now: str, dry_run: bool) -> PageCounts:
-        """Compare a page with the rows it replaces, then insert, update and touch (unless *dry_run*)."""
+    def _compare_and_apply(
+        self, records: list[Record], now: str, dry_run: bool, unwritten: dict[str, Record]
+    ) -> PageCounts:
+        """
+        Compare a page with the rows it replaces, then insert, update and touch; with *dry_run* write
+        nothing, and keep in *unwritten* the rows that would have been written.
+        """
         db = self._db
         marks = ",".join("?" * len(records))  # SQLite takes an empty IN ()
         found = db.execute(
             f"SELECT {_COLUMNS} FROM workflows WHERE workflow_id IN ({marks})", [r[0] for r in records]
         )
         existing: dict[str, tuple[object, ...]] = {row[0]: row for row in found}
+        existing.update((rec[0], unwritten[rec[0]]) for rec in records if rec[0] in unwritten)
         inserts: list[tuple[object, ...]] = []
         updates: list[tuple[object, ...]] = []
         touches: list[tuple[str, str]] = []
@@ -334,7 +343,9 @@ class SqliteSink:
                 history.append((key, now, "changed", old[6], rec[6], diff))
             existing[key] = rec  # a page that repeats an id compares with its own first copy
         counts = PageCounts(inserted=len(inserts), changed=len(updates), unchanged=len(touches))
-        if not dry_run:
+        if dry_run:
+            unwritten.update((rec[0], rec) for rec in records)
+        else:
             db.executemany(_INSERT, inserts)
             db.executemany(_UPDATE, updates)
             db.executemany(_TOUCH, touches)

@@ -64,9 +64,10 @@ SCHEMA_VERSION = 1
 FIELDS = ("workflow_id", "name", "template_name", "start_time", "end_time", "total", "status", "create_time")
 _FIELDSET = frozenset(FIELDS)
 _RUN_VERSION = 1
-# The most pages written (and committed) together when the database falls behind the walk; also the
-# pages that may wait for it. SQLite spends most of a first sync's time committing (each commit writes
-# every B-tree page the random ids touched): 16 pages a commit take that from ~2.7 ms a page to ~0.5.
+# The most pages written (and committed) together when the database falls behind the walk; as many more
+# may wait for it meanwhile (the stream's buffer), so up to twice this are held. SQLite spends most of
+# a first sync's time committing (each commit writes every B-tree page the random ids touched): 16
+# pages a commit take that from ~2.7 ms a page to ~0.5.
 _GROUP_PAGES = 16
 Raw = Mapping[str, Mapping[str, object]]  # workflow id -> the object the API sent
 
@@ -391,7 +392,7 @@ async def sync_workflows(
     `plan_window()`. *since*/*until* bound the creation time instead (timezone-aware); *full* re-reads
     everything; *lookback* bounds how far before the last run an incremental run looks for workflows
     that are still open. With *dry_run* nothing is written: the summary tells what would change.
-    *on_progress* gets the running summary after each commit (one page, or several written together).
+    *on_progress* gets the running summary after each `write_pages()` (one page, or several together).
 
     Raises:
         AirudderError: the walk failed (`SyncError` for the database); the run resumes on the next call.

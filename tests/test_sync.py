@@ -23,6 +23,7 @@ from airudder_async.sync import (
     DEFAULT_LOOKBACK,
     FINAL_STATUSES,
     PageCounts,
+    PageWrite,
     RunState,
     Sink,
     SyncSummary,
@@ -672,6 +673,30 @@ async def test_a_group_that_fails_commits_nothing_and_the_next_run_resumes_befor
     assert len(table(db)) == 500
     assert len(history(db)) == 500
     assert len({row[0] for row in history(db)}) == 500
+
+
+async def test_a_dry_run_group_counts_a_repeated_id_as_the_real_run_does(tmp_path: Path) -> None:
+    """In a dry run nothing is written, yet a later page of the group that repeats an id compares with
+    what the earlier page would have written: the counts are those of the real run."""
+    from airudder_async._convert import parse_page
+
+    def page(rows: list[dict[str, object]], number: int) -> PageWrite:
+        items, _ = parse_page({"count": 3, "lists": rows})
+        return PageWrite(items, {str(r["workflow_id"]): r for r in rows}, Cursor(page=number, page_size=2))
+
+    row = {"name": "n", "template_name": "t", "start_time": None, "end_time": None, "total": 1}
+    a, b, c = (
+        {**row, "workflow_id": i, "status": "new", "create_time": "2026-01-01T00:00:00Z"} for i in "abc"
+    )
+    pages = [page([a, b], 2), page([{**b, "status": "finished"}, c], 3)]
+    now = datetime.now(UTC)
+    async with open_sink(tmp_path / "dry.db") as sink:
+        dry = await sink.write_pages(pages, observed_at=now, dry_run=True)
+    async with open_sink(tmp_path / "real.db") as sink:
+        real = await sink.write_pages(pages, observed_at=now, dry_run=False)
+    assert real == PageCounts(inserted=3, changed=1)
+    assert dry == real
+    assert table(tmp_path / "dry.db") == []
 
 
 async def test_write_pages_needs_a_page(tmp_path: Path) -> None:

@@ -182,6 +182,8 @@ async def test_a_repeated_id_on_a_page_is_written_once(url: str) -> None:
         summary = await sync_workflows(client, sink)
     assert (summary.inserted, summary.unchanged) == (1, 1)
     assert (await table(url))[0][5] == 1
+    (state,) = await query(url, "SELECT read, inserted, unchanged FROM sync_state")
+    assert tuple(state) == (2, 1, 1)  # the stored counts agree with the summary
 
 
 async def test_wrong_credentials_are_a_clear_error_without_the_password(server: PostgresServer) -> None:
