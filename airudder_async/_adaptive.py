@@ -2,8 +2,9 @@
 Adaptive pacing: find the account's unpublished rate limit from the answers (pure; times are passed in).
 
 The vendor publishes no rate limit, so the client learns one. Until the first 429 nothing is paced
-beyond `Limits` (an account with a generous limit never pays for the controller). From a 429 on, the
-allowed rate follows a CUBIC-like curve:
+beyond `Limits` (an account with a generous limit never pays for the controller; the pacer only opens
+its in-flight window one answer at a time, a slow start). From a 429 on, the allowed rate follows a
+CUBIC-like curve:
 
 - **cut** on a 429 to a request sent at the current pace (one sent before the last cut says nothing
   new): the level where refusals began, `peak`, is the smaller of the current rate and the rate the
@@ -13,7 +14,10 @@ allowed rate follows a CUBIC-like curve:
   (demand exceeds the rate): concave up to `peak`, flat around it, then convex, probing above it, so
   the pace sits near the limit most of the time and finds a raised one quickly;
 - **hold** (no growth) while latency rises well above its recent floor, and cut by `beta` when it
-  climbs far above it: a server that queues is saturating even before it refuses.
+  climbs far above it: a server that queues is saturating even before it refuses;
+- **remember** the highest peak the account allowed for a while before its limit came down: back at
+  the new peak without a refusal, climb fast towards it (a limit lowered for a while often returns);
+  a refusal on the way forgets it.
 
 The time to climb back to `peak` is chosen so that one cycle spends about `requests_per_cycle`
 requests, which bounds the share of 429s near `1 / requests_per_cycle` whatever the limit is.
@@ -27,6 +31,8 @@ from collections import deque
 __all__ = ["RateController"]
 
 _EVIDENCE = 5  # admitted answers needed before a measured rate is trusted as the peak
+_HELD = 20  # admitted answers at a peak before it counts as a level the account once allowed
+_PRIOR_GAP = 1.2  # a remembered level this much above the peak is climbed back to fast
 _ESCAPE = 5.0  # seconds past the peak without a refusal before the climb turns fast again
 _RESTART = 1.0  # requests per second after a refusal with nothing measured behind it
 
@@ -73,6 +79,10 @@ class RateController:
         self._latency = 0.0  # smoothed
         self._starting = False  # the last cut had too little evidence: grow exponentially
         self._since_cut = 0  # admitted answers since the last cut
+        # The highest peak the account allowed for a while before the limit came down (0: none), and
+        # whether the fast climb under way is back towards it: a limit that drops often comes back.
+        self.prior = 0.0
+        self._to_prior = False
 
     def __repr__(self) -> str:
         rate = "unlimited" if self.rate is None else f"{self.rate:.2f}/s"
@@ -111,7 +121,11 @@ class RateController:
             else:
                 self._grown += elapsed
                 self.rate = self._curve()
-                if self._grown > self._probe + max(_ESCAPE, self._probe / 2):
+                if self.prior > _PRIOR_GAP * self.peak and self._grown > 0.75 * self._probe:
+                    # Back at the peak without a refusal, well under a level held before the limit
+                    # dropped: climb fast towards it (once: a refusal on the way forgets it).
+                    self._starting = self._to_prior = True
+                elif self._grown > self._probe + max(_ESCAPE, self._probe / 2):
                     # Long past the old peak without a refusal: the limit was raised (or lifted).
                     # Climb fast from here, as at the start, until a refusal says where it is now.
                     self._starting = True
@@ -163,6 +177,10 @@ class RateController:
         return count / span, count >= _EVIDENCE and span >= self.window / 4
 
     def _cut(self, level: float, now: float) -> None:
+        if self._to_prior:
+            self.prior, self._to_prior = 0.0, False  # refused on the way back: that level is gone
+        elif self._since_cut >= _HELD:
+            self.prior = max(self.prior, self.peak)
         self.peak = max(self.floor, level)
         self.rate = self._bounded(self.beta * self.peak)
         self._probe = min(self.max_probe, max(self.min_probe, self.requests_per_cycle / self.peak))

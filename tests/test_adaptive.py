@@ -168,6 +168,51 @@ def test_a_refusal_after_a_long_climb_measures_the_last_window_not_the_climb() -
     assert ctl.rate == pytest.approx(0.5 * ctl.peak)
 
 
+def _dropped_from_40_to_10(*, remember: bool) -> tuple[RateController, float]:
+    """A controller that held about 40/s for a while, then met a limit of 10/s (*remember*: with its
+    memory of the 40)."""
+    ctl = RateController()
+    now = steady(ctl, 0.0, 40.0, 5.0)
+    ctl.refused(now, now)  # peak 40, measured
+    now = steady(ctl, now, 34.0, 3.0, held=False)  # held clean for 3 s
+    now = steady(ctl, now, 10.0, 1.0, held=False)  # the limit drops ...
+    ctl.refused(now, now)
+    now = steady(ctl, now, 10.0, 2.5, held=False)
+    ctl.refused(now, now)  # ... and is measured
+    assert ctl.peak == pytest.approx(10.0, rel=0.1)
+    if not remember:
+        ctl.prior = 0.0
+    return ctl, now
+
+
+def climb(ctl: RateController, now: float, seconds: float) -> float:
+    """Answer every request at the controller's pace (the pace binds) for *seconds*; return the time."""
+    end = now + seconds
+    while now < end:
+        assert ctl.rate is not None
+        now += 1.0 / ctl.rate
+        ctl.held()
+        ctl.admitted(now, LATENCY)
+    return now
+
+
+def test_after_a_drop_the_pace_climbs_fast_back_to_the_level_held_before() -> None:
+    """A limit that came down from a level held for a while: back at the new peak without a refusal,
+    the pace climbs fast towards the old level (CUBIC alone would take a whole probe period and more);
+    a refusal on the way forgets it."""
+    ctl, now = _dropped_from_40_to_10(remember=True)
+    assert ctl.prior == pytest.approx(40.0, rel=0.1)
+    plain, _ = _dropped_from_40_to_10(remember=False)
+    now = climb(ctl, now, 20.0)
+    climb(plain, now - 20.0, 20.0)
+    assert ctl.rate is not None
+    assert plain.rate is not None
+    assert ctl.rate > 36.0
+    assert plain.rate < 15.0
+    ctl.refused(now, now + 0.01)  # the old level is not back after all
+    assert ctl.prior == 0.0
+
+
 def test_rising_latency_holds_growth_and_a_climb_cuts() -> None:
     """Queueing shows before refusals: latency well above its floor stops growth, far above cuts."""
     ctl = RateController(beta=0.5, window=1.0)
