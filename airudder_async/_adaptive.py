@@ -33,6 +33,8 @@ __all__ = ["RateController"]
 _EVIDENCE = 5  # admitted answers needed before a measured rate is trusted as the peak
 _HELD = 20  # admitted answers at a peak before it counts as a level the account once allowed
 _PRIOR_GAP = 1.2  # a remembered level this much above the peak is climbed back to fast
+_PRIOR_WAIT = 10.0  # at most this long (s) of growth after a cut before trying the remembered level
+_PRIOR_KEEP = 60.0  # a remembered level refused again this long (s) after it was held is forgotten
 _ESCAPE = 5.0  # seconds past the peak without a refusal before the climb turns fast again
 _RESTART = 1.0  # requests per second after a refusal with nothing measured behind it
 
@@ -82,6 +84,7 @@ class RateController:
         # The highest peak the account allowed for a while before the limit came down (0: none), and
         # whether the fast climb under way is back towards it: a limit that drops often comes back.
         self.prior = 0.0
+        self._prior_at = -math.inf  # when the remembered level was last held
         self._to_prior = False
 
     def __repr__(self) -> str:
@@ -121,9 +124,10 @@ class RateController:
             else:
                 self._grown += elapsed
                 self.rate = self._curve()
-                if self.prior > _PRIOR_GAP * self.peak and self._grown > 0.75 * self._probe:
+                if self.prior > _PRIOR_GAP * self.peak and self._grown > min(0.75 * self._probe, _PRIOR_WAIT):
                     # Back at the peak without a refusal, well under a level held before the limit
-                    # dropped: climb fast towards it (once: a refusal on the way forgets it).
+                    # dropped: climb fast towards it (again after each refusal on the way, for a
+                    # minute: a limit lowered for a while tends to come back).
                     self._starting = self._to_prior = True
                 elif self._grown > self._probe + max(_ESCAPE, self._probe / 2):
                     # Long past the old peak without a refusal: the limit was raised (or lifted).
@@ -131,9 +135,12 @@ class RateController:
                     self._starting = True
         self._bound = False
 
-    def refused(self, sent_at: float, now: float) -> bool:
+    def refused(self, sent_at: float, now: float, retry_after: float | None = None) -> bool:
         """
         Note a 429 to a request sent at *sent_at*; cut the rate and return True when it says something new.
+
+        A *retry_after* (seconds) shorter than the pace's interval reads as a token bucket's time to
+        its next token, which bounds the limit (see below); a longer one (whole seconds) says nothing.
         """
         if self._first_at is None:
             self._first_at = now
@@ -162,6 +169,12 @@ class RateController:
                 level = min(level, measured)
             # Leave the fast climb only once a pace held long enough to be refused for itself.
             self._starting = self._starting and not sustained
+            if retry_after is not None and 0.0 < retry_after < 1.0 / self.rate:
+                # A bucket that refuses a request 1/rate after the last one it let through, and
+                # frees a token retry_after later, refills at most 1 / (retry_after + 1/rate): cut
+                # there at once (a halved limit in one cut, not four). With retry_after under the
+                # interval, that is never below half the pace.
+                level = min(level, 1.0 / (retry_after + 1.0 / self.rate))
         self._cut(level, now)
         return True
 
@@ -178,9 +191,11 @@ class RateController:
 
     def _cut(self, level: float, now: float) -> None:
         if self._to_prior:
-            self.prior, self._to_prior = 0.0, False  # refused on the way back: that level is gone
-        elif self._since_cut >= _HELD:
-            self.prior = max(self.prior, self.peak)
+            self._to_prior = False
+            if now - self._prior_at > _PRIOR_KEEP:
+                self.prior = 0.0  # still refused a minute on: that level is gone
+        elif self._since_cut >= _HELD and self.peak >= self.prior:
+            self.prior, self._prior_at = self.peak, now
         self.peak = max(self.floor, level)
         self.rate = self._bounded(self.beta * self.peak)
         self._probe = min(self.max_probe, max(self.min_probe, self.requests_per_cycle / self.peak))

@@ -127,9 +127,10 @@ class Pacer:
         """The rate adaptive pacing allows now (requests per second), or None while nothing is learnt."""
         return None if self.controller is None else self.controller.rate
 
-    def answered(self, sent_at: float, *, refused: bool) -> None:
+    def answered(self, sent_at: float, *, refused: bool, retry_after: float | None = None) -> None:
         """
-        Tell the controller about one answer to a request sent at *sent_at*: a 429 (*refused*) or not.
+        Tell the controller about one answer to a request sent at *sent_at*: a 429 (*refused*, with
+        its *retry_after* in seconds, if any) or not.
         """
         controller = self.controller
         if controller is None:
@@ -137,7 +138,7 @@ class Pacer:
         now = anyio.current_time()
         before = controller.rate
         if refused:
-            controller.refused(sent_at, now)
+            controller.refused(sent_at, now, retry_after)
         else:
             controller.admitted(now, now - sent_at)
         rate = controller.rate

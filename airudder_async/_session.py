@@ -331,7 +331,10 @@ class SendLoop:
         try:
             envelope = interpret(status, resp_headers, raw, secrets=self._secrets(token))
         except AirudderError as exc:
-            self.pacer.answered(started, refused=isinstance(exc, RateLimitedError))
+            if isinstance(exc, RateLimitedError):
+                self.pacer.answered(started, refused=True, retry_after=exc.retry_after)
+            else:
+                self.pacer.answered(started, refused=False)
             raise _routed(exc, call)  # noqa: B904 - interpret raises without a chained exception
         self.pacer.answered(started, refused=False)
         if call.max_depth is not None and _json.depth_exceeds(raw, call.max_depth):

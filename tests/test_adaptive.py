@@ -209,8 +209,43 @@ def test_after_a_drop_the_pace_climbs_fast_back_to_the_level_held_before() -> No
     assert plain.rate is not None
     assert ctl.rate > 36.0
     assert plain.rate < 15.0
-    ctl.refused(now, now + 0.01)  # the old level is not back after all
+    ctl.refused(now, now + 0.01)  # refused on the way, soon after: kept for another try
+    assert ctl.prior == pytest.approx(40.0, rel=0.1)
+
+
+def test_a_remembered_level_still_refused_a_minute_on_is_forgotten() -> None:
+    """The climb back is tried again after each refusal on the way, but not for ever."""
+    ctl, now = _dropped_from_40_to_10(remember=True)
+    now = steady(ctl, now, 10.0, 61.0, held=False)  # demand, not the pace, binds: no growth
+    assert ctl.rate is not None
+    assert ctl.rate < 12.0
+    now = climb(ctl, now, 20.0)  # the climb back to 40 ...
+    ctl.refused(now, now + 0.01)  # ... is refused, more than a minute after 40 was held
     assert ctl.prior == 0.0
+
+
+def test_a_fine_retry_after_bounds_the_limit_in_one_cut() -> None:
+    """A 429 whose Retry-After is shorter than the pace's interval reads as a token bucket's wait for
+    its next token: the limit is at most 1 / (retry_after + interval), and one cut gets there. A
+    Retry-After in whole seconds says nothing about the rate."""
+
+    def paced_at_18() -> tuple[RateController, float]:
+        ctl = RateController()
+        now = steady(ctl, 0.0, 20.0, 5.0)
+        ctl.refused(now, now)  # peak 20, rate 17
+        now = steady(ctl, now, 17.0, 4.0)
+        assert ctl.rate is not None
+        return ctl, now
+
+    ctl, now = paced_at_18()
+    interval = 1.0 / ctl.rate  # type: ignore[operator]
+    ctl.refused(now, now + 0.01, retry_after=0.1 - interval)  # the limit became 10/s
+    assert ctl.peak == pytest.approx(10.0, rel=0.01)
+    coarse, now = paced_at_18()
+    coarse.refused(now, now + 0.01, retry_after=1.0)
+    plain, now = paced_at_18()
+    plain.refused(now, now + 0.01)
+    assert coarse.peak == plain.peak > 15.0
 
 
 def test_rising_latency_holds_growth_and_a_climb_cuts() -> None:
@@ -374,6 +409,25 @@ async def test_a_bare_429_cuts_the_pace_instead_of_pausing_everyone() -> None:
     assert stats.pacing_rate is not None
     assert events[-1].pacing_rate == stats.pacing_rate
     assert events[0].pacing_rate is None
+
+
+@pytest.mark.anyio
+async def test_the_controller_hears_each_429_with_its_retry_after() -> None:
+    """The send loop hands a 429's Retry-After to the pacer (the controller reads the limit from it)."""
+    async with FakeAirudder(workflows=3) as fake, fake.client() as client:
+        assert client._loop is not None
+        pacer = client._loop.pacer
+        heard: list[tuple[bool, float | None]] = []
+        answered = pacer.answered
+
+        def spy(sent_at: float, *, refused: bool, retry_after: float | None = None) -> None:
+            heard.append((refused, retry_after))
+            answered(sent_at, refused=refused, retry_after=retry_after)
+
+        pacer.answered = spy  # type: ignore[method-assign]
+        fake.inject(Fault.rate_limited(0.25))
+        await client.list_workflows()
+    assert heard[-2:] == [(True, 0.25), (False, None)]  # after the auth call
 
 
 @pytest.mark.anyio
