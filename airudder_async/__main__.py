@@ -16,7 +16,7 @@ from typing import BinaryIO, TextIO
 import anyio
 
 from ._cli import PROG, aware_time, duration, int_between, partition_spec, program, run
-from ._config import DEFAULT_PAGE_SIZE, DEFAULT_PREFETCH, MAX_PAGE_SIZE
+from ._config import DEFAULT_PAGE_SIZE, DEFAULT_PREFETCH, MAX_PAGE_SIZE, MAX_PREFETCH
 from ._partition import partition_window
 
 __all__ = ["amain", "build_parser", "main"]
@@ -72,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     walk.add_argument(
         "--prefetch",
-        type=int_between(1),
+        type=int_between(1, MAX_PREFETCH),
         default=DEFAULT_PREFETCH,
         metavar="N",
-        help=f"pages requested ahead (default {DEFAULT_PREFETCH}; 1: one request at a time)",
+        help=f"pages requested ahead (default {DEFAULT_PREFETCH}, at most {MAX_PREFETCH}; 1: one at a time)",
     )
     walk.add_argument(
         "--progress",

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Final, Self, TypedDict, Unpack
+from typing import TYPE_CHECKING, Final, Self, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,6 +27,7 @@ from ._config import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUTS,
     MAX_PAGE_SIZE,
+    MAX_PREFETCH,
     Limits,
     RetryPolicy,
     Timeouts,
@@ -37,7 +38,6 @@ from ._partition import partition_window
 from ._protocol import RAW_DEPTH, Response
 from ._session import SendLoop
 from ._time import format_time
-from .coordination import Coordination
 from .errors import DecodeError
 from .models import (
     ClientStats,
@@ -49,6 +49,9 @@ from .models import (
     Workflow,
     WorkflowMatches,
 )
+
+if TYPE_CHECKING:  # a type only (in ClientOptions too): imported when a coordination is used
+    from .coordination import Coordination
 
 __all__ = ["INSTANCELIST_PATH", "AirudderClient"]
 
@@ -481,7 +484,7 @@ class AirudderClient:
         """
         Walk every workflow, newest first, across pages; return an async iterator.
 
-        Up to *prefetch* pages are requested ahead (1: one request at a time); the client's
+        Up to *prefetch* pages (at most 64) are requested ahead (1: one request at a time); the client's
         `Limits.max_in_flight` (default 8) still caps requests in flight, so raise it for a deeper
         window. Use `walk.by_page()` to get lists of a page each instead of items. With *snapshot* the
         walk pins *end_time* to the moment it starts, so workflows created meanwhile do not push older
@@ -493,8 +496,8 @@ class AirudderClient:
         """
         if max_items is not None and (type(max_items) is not int or max_items < 1):
             raise ValueError(f"max_items must be an int >= 1 or None, got {max_items!r}")
-        if type(prefetch) is not int or prefetch < 1:
-            raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
+        if type(prefetch) is not int or not 1 <= prefetch <= MAX_PREFETCH:
+            raise ValueError(f"prefetch must be an int between 1 and {MAX_PREFETCH}, got {prefetch!r}")
         if cursor is not None:
             if not isinstance(cursor, Cursor):
                 raise TypeError(f"cursor must be a Cursor, got {type(cursor).__name__}")

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
     "MAX_PAGE_SIZE",
+    "MAX_PREFETCH",
     "NO_RETRY",
     "Limits",
     "RetryPolicy",
@@ -27,6 +28,9 @@ DEFAULT_BASE_URL = "https://api.airudder.com"
 MAX_PAGE_SIZE = 200  # documented maximum of `size` on instancelist
 DEFAULT_PAGE_SIZE = 200
 DEFAULT_PREFETCH = 8
+# Pages requested ahead, at most: each holds a decoded page (and a task) until it is read, and beyond
+# `Limits.max_in_flight` they only wait for a slot, so a larger window buys nothing but memory.
+MAX_PREFETCH = 64
 # A page of 200 workflows is about 45 KB; no documented answer comes near this.
 DEFAULT_MAX_RESPONSE_SIZE = 16 * 1024 * 1024  # bytes, after decompression
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 import anyio
@@ -31,7 +31,6 @@ from ._protocol import (
     slows_everyone,
 )
 from ._ratelimit import Pacer
-from .coordination import Coordination
 from .errors import (
     AirudderError,
     APIError,
@@ -43,6 +42,9 @@ from .errors import (
     TransportError,
 )
 from .models import ClientStats, RequestEvent
+
+if TYPE_CHECKING:  # a type only: the protocols are imported when a coordination is used
+    from .coordination import Coordination
 
 __all__ = ["SendLoop"]
 

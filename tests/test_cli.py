@@ -118,6 +118,7 @@ async def test_workflows_max_items_stops_early(env: FakeAirudder) -> None:
         ["workflows", "--since", "2026-02-01T00:00:00Z", "--until", "2026-01-01T00:00:00Z"],
         ["workflows", "--max-items", "0"],
         ["workflows", "--prefetch", "0"],
+        ["export", "--prefetch", "65"],
         ["export", "--resume"],
         ["export", "--format", "xml"],
         ["workflows", "--sandbox", "--sandbox-latency", "-1"],

@@ -179,6 +179,7 @@ async def test_list_bad_input_raises_before_sending(
         {"page_size": 201},
         {"max_items": 0},
         {"prefetch": 0},
+        {"prefetch": 65},
         {"start_time": datetime(2026, 1, 1)},
         {"start_time": datetime(2026, 1, 3, tzinfo=UTC), "end_time": datetime(2026, 1, 1, tzinfo=UTC)},
     ],

@@ -453,6 +453,7 @@ async def test_a_refused_insert_of_a_new_page_is_reported(tmp_path: Path) -> Non
         ({"lookback": 7}, "lookback"),
         ({"page_size": 201}, "page_size"),
         ({"prefetch": 0}, "prefetch"),
+        ({"prefetch": 65}, "between 1 and 64"),
     ],
 )
 async def test_bad_arguments_are_refused_before_anything(

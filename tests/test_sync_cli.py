@@ -214,14 +214,16 @@ async def test_sync_survives_five_sigkills(tmp_path: Path) -> None:
     """A sync SIGKILLed at 5 random moments and restarted each time ends with the very table (and
     history) of an uninterrupted sync: nothing lost, nothing twice."""
     killed, clean = tmp_path / "killed.db", tmp_path / "clean.db"
-    cmd = [sys.executable, "-m", "airudder_async", "sync", "--page-size", "50", "--prefetch", "3"]
+    cmd = [sys.executable, "-m", "airudder_async", "sync", "--page-size", "10", "--prefetch", "3"]
     rng = random.Random(12)
     async with FakeAirudder() as fake:
         fake.add_history(3000)
         environ = _env(fake)
         with anyio.fail_after(120):  # a deadline for a broken build, never a wait: the gates say when
             for _ in range(5):
-                gate = fake.gate(INSTANCELIST_PATH, after=rng.randint(2, 10))
+                # Past the pages that may be pending (16 waiting, 16 being written, those prefetched), so
+                # each run has had to wait for a commit before it is held and killed.
+                gate = fake.gate(INSTANCELIST_PATH, after=rng.randint(40, 55))
                 async with await anyio.open_process(
                     [*cmd, "--db", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     env=environ,
