@@ -8,16 +8,17 @@ CUBIC-like curve:
 
 - **cut** on a 429 to a request sent at the current pace (one sent before the last cut says nothing
   new): the level where refusals began, `peak`, is the smaller of the current rate and the rate the
-  server was admitting (measured since refusals began, or over the last `window` seconds); the rate
-  drops to `beta * peak`;
+  server was admitting (measured since refusals began, or over the last `window` seconds), and with a
+  `Retry-After` shorter than the pace's interval at most 1 / (retry_after + interval), the most a
+  token bucket could refill; the rate drops to `beta * peak`;
 - **grow** back while answers are clean, latency is flat and the budget is what holds requests back
   (demand exceeds the rate): concave up to `peak`, flat around it, then convex, probing above it, so
   the pace sits near the limit most of the time and finds a raised one quickly;
 - **hold** (no growth) while latency rises well above its recent floor, and cut by `beta` when it
   climbs far above it: a server that queues is saturating even before it refuses;
 - **remember** the highest peak the account allowed for a while before its limit came down: back at
-  the new peak without a refusal, climb fast towards it (a limit lowered for a while often returns);
-  a refusal on the way forgets it.
+  the new peak without a refusal, climb fast towards it (a limit lowered for a while often returns),
+  again after each refusal on the way, until one comes a minute after that level was last held.
 
 The time to climb back to `peak` is chosen so that one cycle spends about `requests_per_cycle`
 requests, which bounds the share of 429s near `1 / requests_per_cycle` whatever the limit is.
