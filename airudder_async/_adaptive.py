@@ -16,9 +16,10 @@ CUBIC-like curve:
   the pace sits near the limit most of the time and finds a raised one quickly;
 - **hold** (no growth) while latency rises well above its recent floor, and cut by `beta` when it
   climbs far above it: a server that queues is saturating even before it refuses;
-- **remember** the highest peak the account allowed for a while before its limit came down: back at
-  the new peak without a refusal, climb fast towards it (a limit lowered for a while often returns),
-  again after each refusal on the way, until one comes a minute after that level was last held.
+- **remember** the highest rate the server admitted over a regime that lasted before its limit came
+  down: back at the new peak without a refusal (after at most 10 s of growth past a cut, sooner at
+  high rates), climb fast towards it (a limit lowered for a while often returns), again after each
+  refusal on the way, until one comes a minute after that level was last admitted.
 
 The time to climb back to `peak` is chosen so that one cycle spends about `requests_per_cycle`
 requests, which bounds the share of 429s near `1 / requests_per_cycle` whatever the limit is.
@@ -32,10 +33,10 @@ from collections import deque
 __all__ = ["RateController"]
 
 _EVIDENCE = 5  # admitted answers needed before a measured rate is trusted as the peak
-_HELD = 20  # admitted answers at a peak before it counts as a level the account once allowed
+_HELD = 20  # admitted answers since a cut before what the server admits counts as a level it allowed
 _PRIOR_GAP = 1.2  # a remembered level this much above the peak is climbed back to fast
 _PRIOR_WAIT = 10.0  # at most this long (s) of growth after a cut before trying the remembered level
-_PRIOR_KEEP = 60.0  # a remembered level refused again this long (s) after it was held is forgotten
+_PRIOR_KEEP = 60.0  # a remembered level refused this long (s) after it was last admitted is forgotten
 _ESCAPE = 5.0  # seconds past the peak without a refusal before the climb turns fast again
 _RESTART = 1.0  # requests per second after a refusal with nothing measured behind it
 
@@ -82,10 +83,10 @@ class RateController:
         self._latency = 0.0  # smoothed
         self._starting = False  # the last cut had too little evidence: grow exponentially
         self._since_cut = 0  # admitted answers since the last cut
-        # The highest peak the account allowed for a while before the limit came down (0: none), and
+        # The highest rate the server admitted for a while before the limit came down (0: none), and
         # whether the fast climb under way is back towards it: a limit that drops often comes back.
         self.prior = 0.0
-        self._prior_at = -math.inf  # when the remembered level was last held
+        self._prior_at = -math.inf  # when the remembered level (or one near it) was last admitted
         self._to_prior = False
 
     def __repr__(self) -> str:
@@ -160,9 +161,10 @@ class RateController:
             # limit directly (it has been saturated all along).
             level = self.rate
             sustained = self._since_cut >= _EVIDENCE
-            if sustained and not self._starting:
-                measured = self._since_cut / (now - self.cut_at)
-                if now - self.cut_at > self.window:
+            elapsed = now - self.cut_at
+            if sustained and not self._starting and elapsed > 0:
+                measured = self._since_cut / elapsed
+                if elapsed > self.window:
                     # Averaged since the cut, the climb back drags the measure below the limit (a
                     # peak at 85-90% of it at 80/s): what the server admitted over the last `window`
                     # seconds, just before this refusal, is the closer measure.
@@ -182,8 +184,11 @@ class RateController:
     # -- the curve -------------------------------------------------------------------------------------
 
     def _served_rate(self, now: float) -> tuple[float, bool]:
-        """What the server admitted over the last `window` seconds, and whether enough answers back it."""
+        """What the server admitted lately (about the last `window` s), and whether enough answers back it."""
         assert self._first_at is not None
+        # The answers kept are those of the `window` seconds up to the last admitted one (pruned as
+        # they come): counted over `window`, that leans high by the time since, which keeps the
+        # measure from cutting below the limit on a count of a few answers (at 5/s, 10 in 2 s).
         span = min(self.window, now - self._first_at)
         count = len(self._admitted)
         if span <= 0 or not count:
@@ -195,8 +200,12 @@ class RateController:
             self._to_prior = False
             if now - self._prior_at > _PRIOR_KEEP:
                 self.prior = 0.0  # still refused a minute on: that level is gone
-        elif self._since_cut >= _HELD and self.peak >= self.prior:
-            self.prior, self._prior_at = self.peak, now
+        elif self._since_cut >= _HELD:
+            # What the server admitted lately, after a regime that lasted: a level the account
+            # allowed (the peak itself may be a refused overshoot, as at the end of a fast climb).
+            served, sure = self._served_rate(now)
+            if sure and served * _PRIOR_GAP >= self.prior:
+                self.prior, self._prior_at = max(self.prior, served), now
         self.peak = max(self.floor, level)
         self.rate = self._bounded(self.beta * self.peak)
         self._probe = min(self.max_probe, max(self.min_probe, self.requests_per_cycle / self.peak))

@@ -142,18 +142,30 @@ class Pacer:
         else:
             controller.admitted(now, now - sent_at)
         rate = controller.rate
-        limiter = self.limiter
-        if limiter.total_tokens < self.max_in_flight:  # slow start
-            if rate is None:
-                limiter.total_tokens += 1
-            else:  # the pace takes over from here
-                limiter.total_tokens = self.max_in_flight
+        self._slow_start(rate)
         if rate is None or rate == before:
             return
         if self.learnt is None:
             self.learnt = LearntPace(rate, controller.held)
         else:
             self.learnt.set_rate(rate)
+
+    def failed(self) -> None:
+        """
+        Tell the pacer an attempt ended without an answer (a timeout, a transport error): nothing for
+        the controller, but the slow start opens one more request as for an answer, so a lost request
+        never holds the others back.
+        """
+        if self.controller is not None:
+            self._slow_start(self.controller.rate)
+
+    def _slow_start(self, rate: float | None) -> None:
+        limiter = self.limiter
+        if limiter.total_tokens < self.max_in_flight:
+            if rate is None:
+                limiter.total_tokens += 1
+            else:  # the pace takes over from here
+                limiter.total_tokens = self.max_in_flight
 
     async def cool_down(self, seconds: float) -> None:
         """

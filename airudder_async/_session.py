@@ -306,6 +306,7 @@ class SendLoop:
                     detail = redact_text(f"{type(exc).__name__}: {exc}", self._secrets(token))
                     failure = TransportError(detail)
         if failure is not None:
+            self.pacer.failed()
             self._emit(
                 "response",
                 call,

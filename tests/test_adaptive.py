@@ -214,14 +214,40 @@ def test_after_a_drop_the_pace_climbs_fast_back_to_the_level_held_before() -> No
 
 
 def test_a_remembered_level_still_refused_a_minute_on_is_forgotten() -> None:
-    """The climb back is tried again after each refusal on the way, but not for ever."""
+    """The climb back is tried again after each refusal on the way, but not for ever: a minute on it
+    is forgotten, and the level it overshot to is not remembered in its place."""
     ctl, now = _dropped_from_40_to_10(remember=True)
     now = steady(ctl, now, 10.0, 61.0, held=False)  # demand, not the pace, binds: no growth
     assert ctl.rate is not None
     assert ctl.rate < 12.0
     now = climb(ctl, now, 20.0)  # the climb back to 40 ...
+    overshoot = ctl.rate
     ctl.refused(now, now + 0.01)  # ... is refused, more than a minute after 40 was held
     assert ctl.prior == 0.0
+    now = steady(ctl, now + 0.01, 10.0, 3.0, held=False)  # the server still admits 10/s
+    ctl.refused(now, now + 0.01)
+    assert overshoot is not None
+    assert ctl.prior < 0.5 * overshoot
+    assert ctl.prior <= 1.2 * ctl.peak  # nothing to climb back to
+
+
+def test_a_fast_climb_overshoot_is_not_remembered_as_an_allowed_level() -> None:
+    """The first fast climb overshoots the limit (refused at once, the peak set at the overshoot); what
+    is remembered is what the server admitted, so no climb back towards the overshoot follows."""
+    ctl = RateController()
+    now = steady(ctl, 0.0, 20.0, 0.1)
+    ctl.refused(now, now + 0.01)  # too little evidence: restart low and climb fast
+    now = steady(ctl, now + 0.01, 20.0, 1.5)  # 30 answers at 20/s: +1 each
+    assert ctl.rate is not None
+    assert ctl.rate > 25.0  # well past a limit of 20
+    ctl.refused(now, now + 0.01)  # refused at the overshoot: the peak is set there
+    now = steady(ctl, now + 0.01, 20.0, 1.5)  # the server admits 20/s ...
+    ctl.refused(now, now + 0.01)  # ... and refuses the rest
+    peak = ctl.peak
+    assert ctl.prior <= 1.2 * peak
+    climb(ctl, now + 0.01, 9.0)  # back at the peak, short of the CUBIC escape
+    assert ctl.rate is not None
+    assert ctl.rate < 1.1 * peak  # no fast climb towards a level never allowed
 
 
 def test_a_fine_retry_after_bounds_the_limit_in_one_cut() -> None:
@@ -370,6 +396,23 @@ async def test_slow_start_opens_the_window_one_answer_at_a_time() -> None:
     assert refused.rate is not None
     assert refused.limiter.total_tokens == 8
     assert Pacer(Limits(adaptive=False, max_in_flight=8)).limiter.total_tokens == 8
+    lost = Pacer(Limits(max_in_flight=4))
+    lost.failed()  # a timeout or a dropped connection opens the window as an answer does
+    assert lost.limiter.total_tokens == 2
+    fixed = Pacer(Limits(adaptive=False, max_in_flight=4))
+    fixed.failed()
+    assert fixed.limiter.total_tokens == 4
+
+
+def test_a_clock_that_steps_back_does_not_break_the_measure() -> None:
+    """A refusal timed at (or before) the last cut is still a cut, with no division by zero."""
+    ctl = RateController()
+    now = steady(ctl, 0.0, 20.0, 5.0)
+    ctl.refused(now, now)
+    now = steady(ctl, now, 17.0, 1.0)
+    ctl.refused(ctl.cut_at + 0.5, ctl.cut_at)  # answered "at" the cut
+    assert ctl.rate is not None
+    assert ctl.floor <= ctl.rate < 20.0
 
 
 # -- the client ----------------------------------------------------------------------------------------
