@@ -98,7 +98,7 @@ class PageWrite:
     """
 
     items: Sequence[Workflow]
-    raw: Mapping[str, Mapping[str, object]]
+    raw: Raw
     cursor: Cursor
 
 
