@@ -4,7 +4,6 @@ AirudderClient: the lifecycle (async with / aclose) and one method per endpoint.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import platform
@@ -16,8 +15,6 @@ from typing import TYPE_CHECKING, Final, Self, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import aiohttp
-import anyio
-import anyio.abc
 
 from ._config import (
     DEFAULT_BASE_URL,
@@ -33,7 +30,7 @@ from ._config import (
     Timeouts,
 )
 from ._convert import decode_page, ids_in, parse_page, rows, str_or_none
-from ._pagination import WorkflowIterator
+from ._pagination import TaskSet, WorkflowIterator
 from ._partition import partition_window
 from ._protocol import RAW_DEPTH, Response
 from ._session import SendLoop
@@ -263,9 +260,7 @@ class AirudderClient:
         self._user_session = session
         self._session: aiohttp.ClientSession | None = None
         self._loop: SendLoop | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._owner: asyncio.Task[None] | None = None
-        self._stop: anyio.Event | None = None
+        self._tasks: TaskSet | None = None  # the prefetched pages of its walks
         self._state = "new"
 
     @classmethod
@@ -334,27 +329,12 @@ class AirudderClient:
             event_hook=self._event_hook,
             coordination=self._coordination,
         )
-        # Prefetch tasks live in a task group held by one owner task, not by the caller's task: a task
-        # group entered here would keep a cancel scope open across the caller's code, breaking any
-        # scope the caller opens and closes around it, and a client opened in one task and closed in
-        # another. aclose() stops the owner and waits for it, so nothing outlives the client.
-        started = anyio.Event()
-        self._stop = anyio.Event()
-        self._owner = asyncio.get_running_loop().create_task(self._own_task_group(started, self._stop))
-        await started.wait()
+        # Prefetch tasks belong to the client, not to the caller's task (a task group entered here
+        # would keep a cancel scope open across the caller's code, and a client may be opened in one
+        # task and closed in another): aclose() cancels them and waits, so nothing outlives the client.
+        self._tasks = TaskSet()
         self._state = "open"
         return self
-
-    async def _own_task_group(self, started: anyio.Event, stop: anyio.Event) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                started.set()
-                await stop.wait()
-                tg.cancel_scope.cancel()
-        finally:
-            self._tg = None
-            started.set()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -369,13 +349,10 @@ class AirudderClient:
             self._state = "closed"
             return
         self._state = "closed"
-        stop, owner = self._stop, self._owner
-        assert stop is not None  # both are set by __aenter__ with the "open" state
-        assert owner is not None
+        tasks = self._tasks
+        assert tasks is not None  # set by __aenter__ with the "open" state
         try:
-            stop.set()
-            with anyio.CancelScope(shield=True):
-                await owner
+            await tasks.aclose()
         finally:
             if self._session is not None:
                 await self._session.close()
@@ -534,7 +511,7 @@ class AirudderClient:
         return WorkflowIterator(
             fetch=fetch,
             parse=_parse_instancelist,
-            task_group=self._tg,
+            tasks=self._tasks,
             page_size=page_size,
             start_time=start_time,
             end_time=end_time,

@@ -4,23 +4,22 @@ Walking `instancelist` page by page: the stop rule (pure) and the prefetching it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import anyio
-import anyio.abc
-import anyio.lowlevel
 
 from .errors import AirudderError
 from .models import Cursor, Workflow
 
-__all__ = ["PageBatches", "WorkflowIterator", "last_page", "pages_left"]
+__all__ = ["PageBatches", "TaskSet", "WorkflowIterator", "last_page", "pages_left"]
 
 logger = logging.getLogger("airudder_async")
 
@@ -47,31 +46,81 @@ def last_page(count: int, size: int) -> int:
     return max(1, math.ceil(count / size))
 
 
-class _Slot:
-    """One prefetched page: its request runs in a task of the client's task group."""
+class TaskSet:
+    """
+    A client's background tasks (the prefetched pages of its walks): plain asyncio tasks, each dropped
+    from the set when it ends, all cancelled and awaited by `aclose()`, so none outlives the client.
 
-    __slots__ = ("done", "error", "ok", "page", "result", "scope")
+    A task of anyio's task group costs ten times as much to start (about 25 µs against 2.5), once per
+    prefetched page; these tasks catch their own errors (`_run_slot`), so a group has nothing to add.
+    """
+
+    __slots__ = ("_closed", "_tasks")
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Tell whether `aclose()` was called: the set starts no more tasks."""
+        return self._closed
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run *coro* in a new task of the set; refused (the coroutine closed) once the set is closed."""
+        if self._closed:
+            coro.close()
+            raise RuntimeError("this AirudderClient is closed")
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def aclose(self) -> None:
+        """Cancel every task and wait until all have ended, even when the caller is cancelled meanwhile."""
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            while self._tasks:
+                tasks = tuple(self._tasks)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks)
+
+
+class _Slot:
+    """One prefetched page: its request runs in a task of the client's `TaskSet`."""
+
+    __slots__ = ("error", "ok", "page", "result", "task")
 
     def __init__(self, page: int) -> None:
         self.page = page
-        self.scope = anyio.CancelScope()
-        self.done = anyio.Event()
+        self.task: asyncio.Task[None]  # set by the walk as soon as the slot is made
         self.result: object = None
         self.ok = False
         self.error: BaseException | None = None
 
+    @property
+    def done(self) -> bool:
+        """Tell whether the request has ended (answered, failed or cancelled)."""
+        return self.task.done()
+
+    def cancel(self) -> None:
+        self.task.cancel()
+
+    async def wait(self) -> None:
+        """Wait until the request has ended: its failure or cancellation is in `error`, not raised."""
+        if not self.task.done():
+            await asyncio.wait((self.task,))
+        if not self.ok and self.error is None:
+            self.error = RuntimeError("the page request was cancelled: the walk or its client was closed")
+
 
 async def _run_slot(slot: _Slot, fetch: FetchPage) -> None:
     try:
-        with slot.scope:
-            slot.result = await fetch(slot.page)
-            slot.ok = True
+        slot.result = await fetch(slot.page)
+        slot.ok = True
     except Exception as exc:
         slot.error = exc
-    finally:
-        if not slot.ok and slot.error is None:
-            slot.error = RuntimeError("the page request was cancelled: the walk or its client was closed")
-        slot.done.set()
 
 
 class PageBatches:
@@ -108,7 +157,7 @@ class WorkflowIterator:
         *,
         fetch: FetchPage,
         parse: ParsePage,
-        task_group: anyio.abc.TaskGroup | None,
+        tasks: TaskSet | None,
         page_size: int,
         start_time: datetime | None,
         end_time: datetime | None,
@@ -118,7 +167,7 @@ class WorkflowIterator:
     ) -> None:
         self._fetch = fetch
         self._parse = parse
-        self._tg = task_group
+        self._tasks = tasks
         self.page_size = page_size
         self.start_time = start_time
         self.end_time = end_time
@@ -254,15 +303,14 @@ class WorkflowIterator:
             if self._slots:
                 slot = self._slots.popleft()
                 assert slot.page == page, (slot.page, page)
-                if not slot.done.is_set():  # (waiting on a set anyio Event still yields to the loop)
-                    await slot.done.wait()
+                await slot.wait()
                 if slot.error is not None:
                     raise slot.error
                 data = slot.result
                 # Refill the window before the CPU work on this page, so the next request is not
                 # held up behind it: prefetch tasks only fetch and decode; structuring happens here.
                 if self._top_up():
-                    await anyio.lowlevel.checkpoint()
+                    await asyncio.sleep(0)
             else:
                 self._next_request = page + 1
                 data = await self._fetch(page)
@@ -273,7 +321,7 @@ class WorkflowIterator:
         except BaseException:  # cancelled while waiting: stop the awaited request too
             self._finished = True
             if slot is not None:
-                slot.scope.cancel()
+                slot.cancel()
             self._cancel_slots()
             raise
         self._loaded = page
@@ -281,7 +329,7 @@ class WorkflowIterator:
         self._accept(page, items, count)
         if self._top_up():
             # Let the new requests go out now, not after the consumer has worked through this page.
-            await anyio.lowlevel.checkpoint()
+            await asyncio.sleep(0)
 
     def _accept(self, page: int, items: list[Workflow], count: int) -> None:
         got = len(items)
@@ -357,7 +405,8 @@ class WorkflowIterator:
 
     def _top_up(self) -> bool:
         """Keep up to *prefetch* pages requested ahead of the one being read; tell if any was added."""
-        if self._prefetch <= 1 or self._tg is None or self._exhausted or self._finished:
+        tasks = self._tasks
+        if self._prefetch <= 1 or tasks is None or tasks.closed or self._exhausted or self._finished:
             return False
         limit = self._last_planned
         assert limit is not None  # set by the first page, which every call here follows
@@ -368,7 +417,7 @@ class WorkflowIterator:
             self._slots.append(slot)
             # The task must not hold the iterator: a consumer that drops it after `break` lets
             # __del__ run and cancel the requests still in flight.
-            self._tg.start_soon(_run_slot, slot, self._fetch, name=f"airudder_async._run_slot[{slot.page}]")
+            slot.task = tasks.spawn(_run_slot(slot, self._fetch), f"airudder_async._run_slot[{slot.page}]")
             added = True
         return added
 
@@ -377,9 +426,9 @@ class WorkflowIterator:
     def _cancel_slots(self) -> None:
         while self._slots:
             slot = self._slots.popleft()
-            if not slot.done.is_set():
+            if not slot.done:
                 self.extra_requests += 1
-            slot.scope.cancel()
+            slot.cancel()
 
     def _fail(self, exc: AirudderError) -> None:
         exc.cursor = self.cursor
@@ -401,7 +450,7 @@ class WorkflowIterator:
         self._limit = 0
         self._cancel_slots()
         for slot in pending:
-            await slot.done.wait()
+            await slot.wait()
 
     async def __aenter__(self) -> Self:
         return self
@@ -414,6 +463,6 @@ class WorkflowIterator:
     def __del__(self) -> None:
         # A `break` out of `async for` drops the iterator without aclose(): stop its requests anyway.
         for slot in getattr(self, "_slots", ()):
-            if not slot.done.is_set():
+            if not slot.done:
                 with contextlib.suppress(RuntimeError):  # the loop is gone, and its tasks with it
-                    slot.scope.cancel()
+                    slot.cancel()

@@ -30,7 +30,7 @@ from ._protocol import (
     retry_reason,
     slows_everyone,
 )
-from ._ratelimit import Pacer
+from ._ratelimit import Pacer, loop_time
 from .errors import (
     AirudderError,
     APIError,
@@ -278,13 +278,15 @@ class SendLoop:
         if token is not None:
             headers = {**headers, "Authorization": f"Token {token}"}
         failure: AirudderError | None = None
-        async with self.pacer.slot():
+        pacer = self.pacer
+        await pacer.acquire()
+        try:
             # A call cancelled while it queued must not reach the wire (aiohttp may write before it
             # first suspends, so cancellation would only land after the request went out).
             await anyio.lowlevel.checkpoint_if_cancelled()
             self.counters.requests += 1
             self._emit("request", call, attempt)
-            started = anyio.current_time()
+            started = loop_time()
             try:
                 async with self.session.request(
                     call.method,
@@ -305,18 +307,20 @@ class SendLoop:
                 else:
                     detail = redact_text(f"{type(exc).__name__}: {exc}", self._secrets(token))
                     failure = TransportError(detail)
+        finally:
+            pacer.release()
         if failure is not None:
             self.pacer.failed()
             self._emit(
                 "response",
                 call,
                 attempt,
-                elapsed=anyio.current_time() - started,
+                elapsed=loop_time() - started,
                 reason="timeout" if isinstance(failure, TimeoutError) else "transport",
             )
             raise _routed(failure, call)
         self.counters.responses += 1
-        self._emit("response", call, attempt, status=status, elapsed=anyio.current_time() - started)
+        self._emit("response", call, attempt, status=status, elapsed=loop_time() - started)
         if raw is None:
             raise _routed(
                 ResponseTooLargeError(

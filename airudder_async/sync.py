@@ -531,7 +531,7 @@ def walk_keeping_raw(
     walk = WorkflowIterator(
         fetch=fetch,
         parse=parse,
-        task_group=client._tg,
+        tasks=client._tasks,
         page_size=cursor.page_size,
         start_time=cursor.start_time,
         end_time=cursor.end_time,

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from airudder_async import Limits
-from airudder_async._pagination import last_page, pages_left
+from airudder_async._pagination import TaskSet, last_page, pages_left
 from airudder_async.models import Cursor
 from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault
 
@@ -94,7 +94,7 @@ async def test_dropped_walk_cancels_only_the_pages_in_flight() -> None:
         await gate.wait_held(6)
         slots = list(walk._slots)
         with anyio.fail_after(5):
-            while sum(s.done.is_set() for s in slots) < 2:  # the two let through are answered
+            while sum(s.done for s in slots) < 2:  # the two let through are answered
                 await anyio.lowlevel.checkpoint()
         del walk  # no aclose(): __del__ stops the rest
         gc.collect()
@@ -136,6 +136,9 @@ async def test_consumer_exception_and_cancellation_stop_the_walk() -> None:
                 async for _ in walk:
                     raise KeyError("consumer bug")
         assert _client_tasks() == []
+    # A new server: a request of the walk above written just before the cancel may still reach the old
+    # one after this point, and take the one pass through the gate meant for page 1.
+    async with FakeAirudder(workflows=3000) as fake, fake.client(limits=AT_ONCE) as client:
         gate = fake.gate(INSTANCELIST_PATH, after=1)  # page 1 is answered, pages 2-9 are held
         end_of_page_1 = anyio.Event()
 
@@ -348,7 +351,7 @@ async def test_cancelled_consumer_stops_the_awaited_request() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(walk.__anext__)
             with anyio.fail_after(5):
-                while not page_2.done.statistics().tasks_waiting:  # the consumer waits for page 2
+                while walk._slots[0] is page_2:  # taken in the same step as the wait for its answer
                     await anyio.lowlevel.checkpoint()
             tg.cancel_scope.cancel()
         await anyio.lowlevel.checkpoint()
@@ -358,3 +361,31 @@ async def test_cancelled_consumer_stops_the_awaited_request() -> None:
         assert walk.is_finished
         responses = client.stats.responses
     assert client.stats.responses == responses == 2  # auth and page 1: nothing answered the others
+
+
+@pytest.mark.anyio
+async def test_task_set_cancels_and_awaits_its_tasks_and_then_refuses_new_ones() -> None:
+    """aclose() ends every task (even for a cancelled caller); a closed set starts nothing."""
+    tasks = TaskSet()
+    ended: list[str] = []
+
+    async def forever(name: str) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            await anyio.lowlevel.cancel_shielded_checkpoint()  # ending takes a step of its own
+            ended.append(name)
+
+    started = [tasks.spawn(forever(str(i)), f"forever-{i}") for i in range(3)]
+    await anyio.lowlevel.checkpoint()
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # the caller is cancelled: aclose() still waits for every task to end
+        await tasks.aclose()
+    assert sorted(ended) == ["0", "1", "2"]
+    assert all(t.cancelled() for t in started)
+    assert tasks.closed
+    coro = forever("late")
+    with pytest.raises(RuntimeError, match="closed"):
+        tasks.spawn(coro, "late")
+    assert coro.cr_frame is None  # closed, not left to warn that it was never awaited
+    await tasks.aclose()  # idempotent
