@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from airudder_async import Limits
-from airudder_async._pagination import TaskSet, last_page, pages_left
-from airudder_async.models import Cursor
+from airudder_async._pagination import TaskSet, WorkflowIterator, last_page, pages_left
+from airudder_async.models import Cursor, Workflow
 from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault
 
 LIST = ("GET", INSTANCELIST_PATH)
@@ -365,27 +365,124 @@ async def test_cancelled_consumer_stops_the_awaited_request() -> None:
 
 @pytest.mark.anyio
 async def test_task_set_cancels_and_awaits_its_tasks_and_then_refuses_new_ones() -> None:
-    """aclose() ends every task (even for a cancelled caller); a closed set starts nothing."""
+    """aclose() ends each task through its scope (even for a cancelled caller); a closed set starts none."""
     tasks = TaskSet()
     ended: list[str] = []
 
-    async def forever(name: str) -> None:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            await anyio.lowlevel.cancel_shielded_checkpoint()  # ending takes a step of its own
-            ended.append(name)
+    async def forever(scope: anyio.CancelScope, name: str) -> None:
+        with scope:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                await anyio.lowlevel.cancel_shielded_checkpoint()  # ending takes a step of its own
+                ended.append(name)
 
-    started = [tasks.spawn(forever(str(i)), f"forever-{i}") for i in range(3)]
+    scopes = [anyio.CancelScope() for _ in range(3)]
+    started = [tasks.spawn(forever(scope, str(i)), scope, f"forever-{i}") for i, scope in enumerate(scopes)]
     await anyio.lowlevel.checkpoint()
-    with anyio.CancelScope() as scope:
-        scope.cancel()  # the caller is cancelled: aclose() still waits for every task to end
+    with anyio.CancelScope() as caller:
+        caller.cancel()  # the caller is cancelled: aclose() still waits for every task to end
         await tasks.aclose()
     assert sorted(ended) == ["0", "1", "2"]
-    assert all(t.cancelled() for t in started)
+    assert all(scope.cancel_called for scope in scopes)
+    assert all(t.done() and not t.cancelled() for t in started)  # ended through their scopes
     assert tasks.closed
-    coro = forever("late")
+    late_scope = anyio.CancelScope()
+    coro = forever(late_scope, "late")
     with pytest.raises(RuntimeError, match="closed"):
-        tasks.spawn(coro, "late")
+        tasks.spawn(coro, late_scope, "late")
     assert coro.cr_frame is None  # closed, not left to warn that it was never awaited
     await tasks.aclose()  # idempotent
+
+
+@pytest.mark.anyio
+async def test_task_set_aclose_outlasts_a_native_cancellation_of_its_caller() -> None:
+    """A caller cancelled with Task.cancel() (asyncio.timeout, say) gets it only once every task ended."""
+    tasks = TaskSet()
+    cleanup_done = anyio.Event()
+    release = anyio.Event()
+
+    async def slow_to_end(scope: anyio.CancelScope) -> None:
+        with scope:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await release.wait()  # a clean-up that takes a while (a lock released over the network)
+                    cleanup_done.set()
+
+    scope = anyio.CancelScope()
+    worker = tasks.spawn(slow_to_end(scope), scope, "slow")
+    await anyio.lowlevel.checkpoint()
+    closer = asyncio.get_running_loop().create_task(tasks.aclose())
+    await anyio.lowlevel.checkpoint()
+    closer.cancel()  # native: the anyio shield alone would not hold it
+    for _ in range(5):
+        await anyio.lowlevel.checkpoint()
+    assert not closer.done()  # still waiting for the worker's clean-up
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    assert cleanup_done.is_set()
+    assert worker.done()
+
+
+@pytest.mark.anyio
+async def test_closing_a_walk_lets_a_page_request_finish_its_shielded_clean_up() -> None:
+    """
+    A prefetched page is stopped through its cancel scope, not Task.cancel(): a shielded clean-up in the
+    request (the shared token lock's release, say) runs to its end.
+    """
+    inside, release = anyio.Event(), anyio.Event()
+    finished: list[int] = []
+    first = {"count": 300, "lists": []}
+
+    async def fetch(page: int) -> object:
+        if page == 1:
+            return first
+        if page == 2:
+            with anyio.CancelScope(shield=True):
+                inside.set()
+                await release.wait()
+                finished.append(page)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    def parse(data: object) -> tuple[list[Workflow], int]:
+        made = datetime(2026, 1, 1, tzinfo=UTC)
+        items = [
+            Workflow(
+                workflow_id=f"wf-{i}",
+                name="n",
+                template_name="t",
+                start_time=None,
+                end_time=None,
+                total=0,
+                status="finished",
+                create_time=made,
+            )
+            for i in range(100)
+        ]
+        return (items if data is first else []), 300
+
+    tasks = TaskSet()
+    walk = WorkflowIterator(
+        fetch=fetch,
+        parse=parse,
+        tasks=tasks,
+        page_size=100,
+        start_time=None,
+        end_time=None,
+        max_items=None,
+        prefetch=2,
+        cursor=None,
+    )
+    await walk.__anext__()
+    await inside.wait()  # page 2's request is inside its shielded clean-up
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(walk.aclose)
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        release.set()
+    assert finished == [2]  # a Task.cancel() would have broken into the shielded wait
+    await tasks.aclose()
