@@ -204,6 +204,11 @@ def _check_overrides(retry: object, timeouts: object, idempotent: object = None)
         raise TypeError(f"idempotent must be a bool or None, got {type(idempotent).__name__}")
 
 
+def _check_prefetch(value: object) -> None:
+    if type(value) is not int or not 1 <= value <= MAX_PREFETCH:
+        raise ValueError(f"prefetch must be an int between 1 and {MAX_PREFETCH}, got {value!r}")
+
+
 def _check_size(name: str, value: int) -> None:
     if type(value) is not int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -473,8 +478,7 @@ class AirudderClient:
         """
         if max_items is not None and (type(max_items) is not int or max_items < 1):
             raise ValueError(f"max_items must be an int >= 1 or None, got {max_items!r}")
-        if type(prefetch) is not int or not 1 <= prefetch <= MAX_PREFETCH:
-            raise ValueError(f"prefetch must be an int between 1 and {MAX_PREFETCH}, got {prefetch!r}")
+        _check_prefetch(prefetch)
         if cursor is not None:
             if not isinstance(cursor, Cursor):
                 raise TypeError(f"cursor must be a Cursor, got {type(cursor).__name__}")

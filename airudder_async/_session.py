@@ -310,7 +310,7 @@ class SendLoop:
         finally:
             pacer.release()
         if failure is not None:
-            self.pacer.failed()
+            pacer.failed()
             self._emit(
                 "response",
                 call,
@@ -333,17 +333,17 @@ class SendLoop:
         if call.decode is not None and 200 <= status < 300:
             decoded = call.decode(raw)  # pure, and only ever accepts what interpret() would
             if decoded is not None:
-                self.pacer.answered(started, refused=False)
+                pacer.answered(started, refused=False)
                 return Response(status, resp_headers, {"code": 200, "status": "OK", "data": decoded})
         try:
             envelope = interpret(status, resp_headers, raw, secrets=self._secrets(token))
         except AirudderError as exc:
             if isinstance(exc, RateLimitedError):
-                self.pacer.answered(started, refused=True, retry_after=exc.retry_after)
+                pacer.answered(started, refused=True, retry_after=exc.retry_after)
             else:
-                self.pacer.answered(started, refused=False)
+                pacer.answered(started, refused=False)
             raise _routed(exc, call)  # noqa: B904 - interpret raises without a chained exception
-        self.pacer.answered(started, refused=False)
+        pacer.answered(started, refused=False)
         if call.max_depth is not None and _json.depth_exceeds(raw, call.max_depth):
             raise _routed(DecodeError(f"the answer nests deeper than {call.max_depth} levels"), call)
         return Response(status, resp_headers, envelope)

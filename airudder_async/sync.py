@@ -35,8 +35,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import anyio
 import attrs
 
-from ._client import INSTANCELIST_PATH, AirudderClient, _filters, _parse_instancelist
-from ._config import DEFAULT_PREFETCH, MAX_PAGE_SIZE, MAX_PREFETCH
+from ._client import INSTANCELIST_PATH, AirudderClient, _check_prefetch, _filters, _parse_instancelist
+from ._config import DEFAULT_PREFETCH, MAX_PAGE_SIZE
 from ._pagination import WorkflowIterator
 from ._time import parse_time
 from .errors import AirudderError
@@ -406,8 +406,7 @@ async def sync_workflows(
         raise ValueError(f"lookback must be a timedelta >= 0, got {lookback!r}")
     if type(page_size) is not int or not 1 <= page_size <= MAX_PAGE_SIZE:
         raise ValueError(f"page_size must be an int between 1 and {MAX_PAGE_SIZE}, got {page_size!r}")
-    if type(prefetch) is not int or not 1 <= prefetch <= MAX_PREFETCH:
-        raise ValueError(f"prefetch must be an int between 1 and {MAX_PREFETCH}, got {prefetch!r}")
+    _check_prefetch(prefetch)
     began = time.monotonic()
     client._require_open()  # a closed client says so before the database is touched
     state = await sink.load_state()
