@@ -250,7 +250,7 @@ async def test_lying_count_with_prefetch_cancels_speculative_pages() -> None:
         sent = client.stats.requests
         # Wait for the page tasks (on the tasks, not the clock): any request they still had to send
         # would be sent and answered by then.
-        if slots := [t for t in asyncio.all_tasks() if "_run_slot" in t.get_name()]:
+        if slots := [t for t in asyncio.all_tasks() if "_prefetch" in t.get_name()]:
             with anyio.fail_after(5):
                 await asyncio.wait(slots)
         assert client.stats.requests == sent  # nothing new goes out once the short page is seen

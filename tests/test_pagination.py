@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from airudder_async import Limits
-from airudder_async._pagination import TaskSet, WorkflowIterator, last_page, pages_left
+from airudder_async._pagination import TaskSet, WorkflowIterator, _Workers, last_page, pages_left
 from airudder_async.models import Cursor, Workflow
 from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault
 
@@ -58,7 +58,7 @@ def test_stop_rule_walk_terminates_and_covers_data(n: int, size: int, offset: in
 
 
 def _client_tasks() -> list[asyncio.Task[object]]:
-    return [t for t in asyncio.all_tasks() if "_run_slot" in t.get_name()]
+    return [t for t in asyncio.all_tasks() if "_prefetch" in t.get_name()]
 
 
 def _open_connections(client: object) -> int:
@@ -173,6 +173,53 @@ async def test_prefetch_window_is_bounded() -> None:
                 assert len(walk._slots) <= 4
     assert seen == 4000
     assert fake.hits(*LIST) == 40
+
+
+@pytest.mark.anyio
+async def test_prefetch_workers_are_reused_across_pages_and_stop_with_the_walk() -> None:
+    """40 pages with prefetch 4 start at most 4 worker tasks, and a walk that ends leaves none waiting."""
+    async with FakeAirudder(workflows=4000) as fake, fake.client(limits=AT_ONCE) as client:
+        walk = client.iter_workflows(page_size=100, prefetch=4)
+        started: set[asyncio.Task[object]] = set()
+        ids = []
+        async for batch in walk.by_page():
+            ids += [w.workflow_id for w in batch]
+            started.update(_client_tasks())
+        assert walk.is_finished
+        assert walk.pages == 40
+        assert 1 <= len(started) <= 4  # one task a page would have started 39
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        assert _client_tasks() == []  # the workers ended with the walk, none waits for a next page
+    assert ids == fake.workflow_ids()
+
+
+@pytest.mark.anyio
+async def test_a_worker_cancelled_natively_as_it_is_handed_a_page_still_ends_that_page() -> None:
+    """A worker stopped by Task.cancel() (the loop shutting down) in the step it is handed a page ends it."""
+    tasks = TaskSet()
+
+    async def fetch(page: int) -> object:
+        return page
+
+    workers = _Workers(fetch, tasks)
+    first = workers.slot(1)
+    await first.wait()
+    assert first.ok
+    assert first.result == 1
+    (worker,) = tasks._tasks
+    second = workers.slot(2)  # handed over...
+    worker.cancel()  # ...and cancelled before the worker could take it
+    with anyio.fail_after(5):
+        await second.wait()
+    assert not second.ok
+    assert isinstance(second.error, RuntimeError)
+    assert worker.cancelled()
+    third = workers.slot(3)  # no worker waits now: a new one takes the page
+    await third.wait()
+    assert third.ok
+    assert third.result == 3
+    await tasks.aclose()
 
 
 @pytest.mark.anyio
