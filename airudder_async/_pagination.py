@@ -124,7 +124,7 @@ class _Slot:
         return self._ended.done()
 
     def end(self) -> None:
-        """Mark the request ended; its worker calls this once, after the request's own clean-up."""
+        """Mark the request ended; its worker's cell calls this once, after the request's clean-up."""
         self._ended.set_result(None)
 
     async def wait(self) -> None:
@@ -141,69 +141,82 @@ class _Workers:
     A walk's prefetch workers: tasks of the client's `TaskSet`, each fetching one page at a time and
     waiting for the next between pages, so a page costs a hand-over instead of a task (and anyio's
     registration of every new task that enters a cancel scope, 12-18 µs). At most one worker per page
-    in flight: a page goes to an idle worker, or to a new one when none is idle.
+    in flight: a page goes to an idle worker, or to a new one when none is idle. Once the walk has
+    nothing left to request (`retire()`), workers end after their page instead of waiting.
 
     Each worker runs inside an anyio cancel scope of its own; `cancel()` stops them all through their
-    scopes (never `Task.cancel()`, which would break through a request's shielded clean-up). The workers
-    hold nothing of the walk's iterator, so dropping it lets `__del__` stop them.
+    scopes (never `Task.cancel()`, which would break through a request's shielded clean-up). Whatever
+    ends a worker's task, even a native cancellation before its first step, ends the slot it holds.
+    The workers hold nothing of the walk's iterator, so dropping it lets `__del__` stop them.
     """
 
-    __slots__ = ("_fetch", "_idle", "_loop", "_scopes", "_tasks")
+    __slots__ = ("_fetch", "_idle", "_retiring", "_scopes", "_tasks", "loop")
 
     def __init__(self, fetch: FetchPage, tasks: TaskSet) -> None:
         self._fetch = fetch
         self._tasks = tasks
-        self._loop = asyncio.get_running_loop()
-        self._idle: list[asyncio.Future[_Slot]] = []  # one future per waiting worker
+        self.loop = asyncio.get_running_loop()
+        # The waiting workers: the future that wakes each, and the cell its next page goes into.
+        self._idle: list[tuple[asyncio.Future[None], list[_Slot | None]]] = []
         self._scopes: list[anyio.CancelScope] = []
+        self._retiring = False
 
     def slot(self, page: int) -> _Slot:
         """Make the slot for *page* and hand it to a worker."""
-        slot = _Slot(page, self._loop.create_future())
+        slot = _Slot(page, self.loop.create_future())
+        self._retiring = False
         idle = self._idle
-        if idle:  # workers only stop when the walk is over, so a waiting one is still there
-            idle.pop().set_result(slot)
-            return slot
+        while idle:
+            waiting, cell = idle.pop()
+            if not waiting.done():  # one stopped natively while it waited left its future cancelled
+                cell[0] = slot  # the worker's from now on, whatever stops it
+                waiting.set_result(None)
+                return slot
+        cell = [slot]
         scope = anyio.CancelScope()
         self._scopes.append(scope)
-        self._tasks.spawn(
-            _work(slot, self._fetch, scope, idle), scope, f"airudder_async._prefetch[{len(self._scopes)}]"
+        task = self._tasks.spawn(
+            self._work(cell, scope), scope, f"airudder_async._prefetch[{len(self._scopes)}]"
         )
+        task.add_done_callback(lambda _task: _end_held(cell))
         return slot
+
+    def retire(self) -> None:
+        """Nothing is left to request for now: waiting workers end, busy ones after their page."""
+        self._retiring = True
+        while self._idle:
+            waiting, _cell = self._idle.pop()  # an empty cell tells the worker to end
+            if not waiting.done():
+                waiting.set_result(None)
 
     def cancel(self) -> None:
         """Stop every worker: the page each is fetching ends cancelled once its clean-up has run."""
         for scope in self._scopes:
             scope.cancel()
 
-
-async def _work(
-    slot: _Slot, fetch: FetchPage, scope: anyio.CancelScope, idle: list[asyncio.Future[_Slot]]
-) -> None:
-    """A prefetch worker: fetch *slot*'s page, end the slot, wait for the next one, until cancelled."""
-    loop = asyncio.get_running_loop()
-    held: _Slot | None = slot  # the slot this worker must end, whatever stops it
-    with scope:
-        try:
-            while True:
+    async def _work(self, cell: list[_Slot | None], scope: anyio.CancelScope) -> None:
+        """Fetch the page in *cell*, end its slot, wait for the next one; until retired or cancelled."""
+        with scope:
+            while (slot := cell[0]) is not None:
                 try:
-                    slot.result = await fetch(slot.page)
+                    slot.result = await self._fetch(slot.page)
                     slot.ok = True
                 except Exception as exc:
                     slot.error = exc
-                held = None
-                slot.end()
-                waiting: asyncio.Future[_Slot] = loop.create_future()
-                idle.append(waiting)
-                try:
-                    slot = held = await waiting
-                except BaseException:
-                    if waiting.done() and not waiting.cancelled():  # handed a page as it was stopped
-                        held = waiting.result()
-                    raise
-        finally:
-            if held is not None:
-                held.end()
+                _end_held(cell)
+                del slot  # a waiting worker holds no page
+                if self._retiring:
+                    return
+                waiting: asyncio.Future[None] = self.loop.create_future()
+                self._idle.append((waiting, cell))
+                await waiting
+
+
+def _end_held(cell: list[_Slot | None]) -> None:
+    """End the slot a worker holds, if any (its fetch is over, or its task is)."""
+    slot, cell[0] = cell[0], None
+    if slot is not None:
+        slot.end()
 
 
 class PageBatches:
@@ -499,6 +512,8 @@ class WorkflowIterator:
             self._slots.append(self._workers.slot(self._next_request))
             self._next_request += 1
             added = True
+        if self._next_request > limit and self._workers is not None:
+            self._workers.retire()  # until the plan grows (a stale count is followed a page at a time)
         return added
 
     # -- ending ------------------------------------------------------------------------------------
@@ -544,6 +559,17 @@ class WorkflowIterator:
     def __del__(self) -> None:
         # A `break` out of `async for` drops the iterator without aclose(): stop its workers anyway.
         workers = getattr(self, "_workers", None)
-        if workers is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone, and its tasks with it
+        if workers is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed, and its tasks gone with it
+            if _running_loop() is workers.loop:
                 workers.cancel()
+            else:  # collected outside its loop (between two runs of it, or by gc in another thread)
+                workers.loop.call_soon_threadsafe(workers.cancel)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

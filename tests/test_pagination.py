@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
 from airudder_async import Limits
-from airudder_async._pagination import TaskSet, WorkflowIterator, _Workers, last_page, pages_left
+from airudder_async._pagination import TaskSet, WorkflowIterator, _Slot, _Workers, last_page, pages_left
 from airudder_async.models import Cursor, Workflow
 from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault
 
@@ -194,32 +196,115 @@ async def test_prefetch_workers_are_reused_across_pages_and_stop_with_the_walk()
     assert ids == fake.workflow_ids()
 
 
+async def _echo(page: int) -> object:
+    return page
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Take steps until *condition* holds (at most 5 s: a bug fails the test instead of hanging it)."""
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.lowlevel.checkpoint()
+
+
+async def _ended(slot: _Slot) -> _Slot:
+    with anyio.fail_after(5):
+        await slot.wait()
+    return slot
+
+
 @pytest.mark.anyio
-async def test_a_worker_cancelled_natively_as_it_is_handed_a_page_still_ends_that_page() -> None:
-    """A worker stopped by Task.cancel() (the loop shutting down) in the step it is handed a page ends it."""
+async def test_a_worker_stopped_natively_at_any_point_still_ends_its_page() -> None:
+    """
+    Task.cancel() of a worker (the loop shutting down, a cancel-all signal handler) before its first
+    step, or in the step it is handed a page, ends that page; a worker stopped while it waited is skipped.
+    """
     tasks = TaskSet()
+    workers = _Workers(_echo, tasks)
+    first = workers.slot(1)  # a new worker, not started yet...
+    (unstarted,) = tasks._tasks
+    unstarted.cancel()  # ...cancelled before its first step: its body never runs
+    assert isinstance((await _ended(first)).error, RuntimeError)
+    assert not first.ok
+
+    second = await _ended(workers.slot(2))  # a new worker, which answers and then waits
+    assert second.result == 2
+    (worker,) = tasks._tasks
+    held = worker.get_coro().cr_frame.f_locals.values()  # type: ignore[union-attr]
+    assert not [v for v in held if isinstance(v, _Slot)]  # a waiting worker keeps no page alive
+    third = workers.slot(3)  # handed to the waiting worker...
+    worker.cancel()  # ...and cancelled before it could take it
+    assert isinstance((await _ended(third)).error, RuntimeError)
+    assert worker.cancelled()
+
+    fourth = await _ended(workers.slot(4))
+    (waiting,) = tasks._tasks
+    waiting.cancel()  # cancelled while it waits: its future stays in the idle list, cancelled
+    await _until(waiting.done)
+    assert waiting.cancelled()
+    fifth = await _ended(workers.slot(5))  # not handed to the stopped worker: a new one takes it
+    assert (fourth.result, fifth.result) == (4, 5)
+    (waiting,) = tasks._tasks
+    waiting.cancel()
+    await _until(waiting.done)
+    workers.retire()  # skips the stopped worker's future too
+    assert not workers._idle
+    await tasks.aclose()
+
+
+@pytest.mark.anyio
+async def test_retired_workers_end_after_their_page_and_new_pages_get_new_ones() -> None:
+    """retire(): a waiting worker ends at once, a busy one after its page; a later page starts a worker."""
+    tasks = TaskSet()
+    release = anyio.Event()
 
     async def fetch(page: int) -> object:
+        if page == 2:
+            await release.wait()
         return page
 
     workers = _Workers(fetch, tasks)
-    first = workers.slot(1)
-    await first.wait()
-    assert first.ok
-    assert first.result == 1
-    (worker,) = tasks._tasks
-    second = workers.slot(2)  # handed over...
-    worker.cancel()  # ...and cancelled before the worker could take it
-    with anyio.fail_after(5):
-        await second.wait()
-    assert not second.ok
-    assert isinstance(second.error, RuntimeError)
-    assert worker.cancelled()
-    third = workers.slot(3)  # no worker waits now: a new one takes the page
-    await third.wait()
-    assert third.ok
-    assert third.result == 3
+    await _ended(workers.slot(1))
+    busy = workers.slot(2)  # the same worker, now held at page 2
+    idle_one = await _ended(workers.slot(3))  # a second worker, which then waits
+    assert idle_one.result == 3
+    assert len(tasks._tasks) == 2
+    workers.retire()
+    await _until(lambda: len(tasks._tasks) == 1)  # the waiting one ended
+    release.set()
+    assert (await _ended(busy)).result == 2
+    await _until(lambda: not tasks._tasks)  # the busy one ended after its page instead of waiting
+    assert (await _ended(workers.slot(4))).result == 4  # the plan grew: a new worker
+    assert len(tasks._tasks) == 1  # and it waits for more: slot() undid the retirement
     await tasks.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_walk_that_has_requested_its_last_page_keeps_no_worker_waiting() -> None:
+    """A walk kept but not read on, after its last planned page was fetched, leaves no task behind."""
+    async with FakeAirudder(workflows=2000) as fake, fake.client(limits=AT_ONCE) as client:
+        walk = client.iter_workflows(page_size=100, prefetch=4, max_items=450)  # pages 1-5
+        async for _ in walk:
+            if walk.received == 401:
+                break  # into page 5: every planned page is fetched; the walk is kept, not finished
+        assert not walk.is_finished
+        await _until(lambda: not _client_tasks())
+        assert fake.hits(*LIST) == 5
+        assert [w.workflow_id async for w in walk] == fake.workflow_ids()[401:450]
+
+
+@pytest.mark.anyio
+async def test_a_walk_collected_outside_its_loop_still_stops_its_workers() -> None:
+    """__del__ run where no loop runs (gc in another thread) stops the workers through their loop."""
+    async with FakeAirudder(workflows=1000) as fake, fake.client(limits=AT_ONCE) as client:
+        gate = fake.gate(INSTANCELIST_PATH, after=1)
+        walk = client.iter_workflows(page_size=100, prefetch=4)
+        await walk.__anext__()
+        await gate.wait_held(4)
+        assert len(_client_tasks()) == 4
+        await anyio.to_thread.run_sync(walk.__del__)  # as gc would, from a thread with no loop
+        await _until(lambda: not _client_tasks())
+        assert _open_connections(client) == 0
 
 
 @pytest.mark.anyio
