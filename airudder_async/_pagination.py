@@ -395,7 +395,6 @@ class WorkflowIterator:
 
     async def _advance(self, page: int) -> None:
         """Load *page* into self._items, from its prefetch slot or inline."""
-        slot = None
         try:
             if self._slots:
                 slot = self._slots.popleft()
