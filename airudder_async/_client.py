@@ -265,7 +265,7 @@ class AirudderClient:
         self._user_session = session
         self._session: aiohttp.ClientSession | None = None
         self._loop: SendLoop | None = None
-        self._tasks: TaskSet | None = None  # the prefetched pages of its walks
+        self._tasks: TaskSet | None = None  # the prefetch workers of its walks
         self._state = "new"
 
     @classmethod
