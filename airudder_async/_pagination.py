@@ -150,7 +150,7 @@ class _Workers:
     The workers hold nothing of the walk's iterator, so dropping it lets `__del__` stop them.
     """
 
-    __slots__ = ("_fetch", "_idle", "_retiring", "_scopes", "_tasks", "loop")
+    __slots__ = ("_fetch", "_idle", "_retiring", "_scopes", "_started", "_tasks", "loop")
 
     def __init__(self, fetch: FetchPage, tasks: TaskSet) -> None:
         self._fetch = fetch
@@ -158,7 +158,8 @@ class _Workers:
         self.loop = asyncio.get_running_loop()
         # The waiting workers: the future that wakes each, and the cell its next page goes into.
         self._idle: list[tuple[asyncio.Future[None], list[_Slot | None]]] = []
-        self._scopes: list[anyio.CancelScope] = []
+        self._scopes: set[anyio.CancelScope] = set()  # of the workers running now
+        self._started = 0
         self._retiring = False
 
     def slot(self, page: int) -> _Slot:
@@ -174,11 +175,15 @@ class _Workers:
                 return slot
         cell = [slot]
         scope = anyio.CancelScope()
-        self._scopes.append(scope)
-        task = self._tasks.spawn(
-            self._work(cell, scope), scope, f"airudder_async._prefetch[{len(self._scopes)}]"
-        )
-        task.add_done_callback(lambda _task: _end_held(cell))
+        self._scopes.add(scope)
+        self._started += 1
+        task = self._tasks.spawn(self._work(cell, scope), scope, f"airudder_async._prefetch[{self._started}]")
+
+        def ended(_task: asyncio.Task[None]) -> None:
+            _end_held(cell)
+            self._scopes.discard(scope)  # a walk that retires its workers often keeps no trace of them
+
+        task.add_done_callback(ended)
         return slot
 
     def retire(self) -> None:

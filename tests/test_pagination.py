@@ -294,6 +294,27 @@ async def test_a_walk_that_has_requested_its_last_page_keeps_no_worker_waiting()
 
 
 @pytest.mark.anyio
+async def test_a_walk_following_a_stale_count_keeps_no_trace_of_ended_workers() -> None:
+    """Page by page after a stale count, each page may need a new worker: the ended ones are forgotten."""
+    async with FakeAirudder(workflows=2000) as fake, fake.client(limits=AT_ONCE) as client:
+        fake.count_offset = -1950  # count 50: the walk follows the data one page at a time
+        walk = client.iter_workflows(page_size=100, prefetch=4)
+        ids: list[str] = []
+        most = 0
+        async for batch in walk.by_page():
+            ids += [w.workflow_id for w in batch]
+            workers = walk._workers
+            if workers is not None:
+                most = max(most, len(workers._scopes))
+        assert ids == fake.workflow_ids()
+        assert walk._workers is not None
+        assert walk._workers._started > 4  # retired after each page, so new ones were started...
+        assert most <= 2  # ...and only the running ones are kept
+        await _until(lambda: not _client_tasks())
+        assert not walk._workers._scopes
+
+
+@pytest.mark.anyio
 async def test_a_walk_collected_outside_its_loop_still_stops_its_workers() -> None:
     """__del__ run where no loop runs (gc in another thread) stops the workers through their loop."""
     async with FakeAirudder(workflows=1000) as fake, fake.client(limits=AT_ONCE) as client:
