@@ -95,15 +95,23 @@ class TaskSet:
         self._closed = True
         for scope in self._tasks.values():
             scope.cancel()
-        interrupted: asyncio.CancelledError | None = None
-        while self._tasks:
-            try:
-                with anyio.CancelScope(shield=True):  # anyio's cancellation waits here...
-                    await asyncio.wait(tuple(self._tasks))
-            except asyncio.CancelledError as exc:  # ...a native one does not: keep waiting, then raise it
-                interrupted = exc
-        if interrupted is not None:
-            raise interrupted
+        await _outlast(self._tasks)
+
+
+async def _outlast(tasks: dict[asyncio.Task[None], anyio.CancelScope]) -> None:
+    """
+    Wait until *tasks* is empty (each task drops out of it as it ends). A caller cancelled meanwhile
+    (an anyio scope or `Task.cancel()`) still waits, then gets its cancellation.
+    """
+    interrupted: asyncio.CancelledError | None = None
+    while tasks:
+        try:
+            with anyio.CancelScope(shield=True):  # anyio's cancellation waits here...
+                await asyncio.wait(tuple(tasks))
+        except asyncio.CancelledError as exc:  # ...a native one does not: keep waiting, then raise it
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 class _Slot:
@@ -150,7 +158,7 @@ class _Workers:
     The workers hold nothing of the walk's iterator, so dropping it lets `__del__` stop them.
     """
 
-    __slots__ = ("_fetch", "_idle", "_retiring", "_scopes", "_started", "_tasks", "loop")
+    __slots__ = ("_fetch", "_idle", "_retiring", "_running", "_started", "_tasks", "loop")
 
     def __init__(self, fetch: FetchPage, tasks: TaskSet) -> None:
         self._fetch = fetch
@@ -158,7 +166,7 @@ class _Workers:
         self.loop = asyncio.get_running_loop()
         # The waiting workers: the future that wakes each, and the cell its next page goes into.
         self._idle: list[tuple[asyncio.Future[None], list[_Slot | None]]] = []
-        self._scopes: set[anyio.CancelScope] = set()  # of the workers running now
+        self._running: dict[asyncio.Task[None], anyio.CancelScope] = {}  # each until it ends
         self._started = 0
         self._retiring = False
 
@@ -175,13 +183,13 @@ class _Workers:
                 return slot
         cell = [slot]
         scope = anyio.CancelScope()
-        self._scopes.add(scope)
         self._started += 1
         task = self._tasks.spawn(self._work(cell, scope), scope, f"airudder_async._prefetch[{self._started}]")
+        self._running[task] = scope
 
-        def ended(_task: asyncio.Task[None]) -> None:
+        def ended(task: asyncio.Task[None]) -> None:
             _end_held(cell)
-            self._scopes.discard(scope)  # a walk that retires its workers often keeps no trace of them
+            del self._running[task]  # a walk that retires its workers often keeps no trace of them
 
         task.add_done_callback(ended)
         return slot
@@ -196,13 +204,20 @@ class _Workers:
 
     def cancel(self) -> None:
         """Stop every worker: the page each is fetching ends cancelled once its clean-up has run."""
-        for scope in self._scopes:
+        for scope in self._running.values():
             scope.cancel()
+
+    async def aclose(self) -> None:
+        """Stop every worker and wait until all have ended, their requests' clean-up included."""
+        self.cancel()
+        await _outlast(self._running)
 
     async def _work(self, cell: list[_Slot | None], scope: anyio.CancelScope) -> None:
         """Fetch the page in *cell*, end its slot, wait for the next one; until retired or cancelled."""
         with scope:
-            while (slot := cell[0]) is not None:
+            # A worker stopped before its first step, or as it was handed a page, sends nothing: anyio
+            # delivers a cancellation only at the task's next wait, which the fetch may reach late.
+            while (slot := cell[0]) is not None and not scope.cancel_called:
                 try:
                     slot.result = await self._fetch(slot.page)
                     slot.ok = True
@@ -375,9 +390,11 @@ class WorkflowIterator:
 
     async def _fill(self) -> None:
         """Make sure the current page has an item left to yield, or raise StopAsyncIteration."""
-        if self._finished:
-            raise StopAsyncIteration
-        while self._index >= self._limit:
+        while True:
+            if self._finished:  # also when another task closed the walk while this one waited
+                raise StopAsyncIteration
+            if self._index < self._limit:
+                return
             if self._exhausted or (self._max_items is not None and self.received >= self._max_items):
                 self._finish()
                 raise StopAsyncIteration
@@ -405,6 +422,7 @@ class WorkflowIterator:
                 slot = self._slots.popleft()
                 assert slot.page == page, (slot.page, page)
                 await slot.wait()
+                self._check_open()  # closed by another task meanwhile: its page ends cancelled, quietly
                 if slot.error is not None:
                     raise slot.error
                 data = slot.result
@@ -415,6 +433,7 @@ class WorkflowIterator:
             else:
                 self._next_request = page + 1
                 data = await self._fetch(page)
+            self._check_open()
             items, count = self._parse(data)
         except AirudderError as exc:
             self._fail(exc)
@@ -429,6 +448,11 @@ class WorkflowIterator:
         if self._top_up():
             # Let the new requests go out now, not after the consumer has worked through this page.
             await asyncio.sleep(0)
+
+    def _check_open(self) -> None:
+        """End the walk's iteration if it was closed (by `aclose()` in another task) while it waited."""
+        if self._finished:
+            raise StopAsyncIteration
 
     def _accept(self, page: int, items: list[Workflow], count: int) -> None:
         got = len(items)
@@ -543,14 +567,14 @@ class WorkflowIterator:
 
     async def aclose(self) -> None:
         """
-        Stop the walk: cancel every in-flight request and wait until they are gone. Idempotent.
+        Stop the walk: cancel every in-flight request and wait until they are gone (their clean-up
+        included, even when the caller is cancelled meanwhile). Idempotent.
         """
-        pending = list(self._slots)
         self._finished = True
         self._limit = 0
         self._cancel_slots()
-        for slot in pending:
-            await slot.wait()
+        if self._workers is not None:
+            await self._workers.aclose()
 
     async def __aenter__(self) -> Self:
         return self

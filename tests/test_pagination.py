@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
 
@@ -253,6 +253,151 @@ async def test_a_worker_stopped_natively_at_any_point_still_ends_its_page() -> N
 
 
 @pytest.mark.anyio
+async def test_a_worker_stopped_before_it_runs_sends_nothing() -> None:
+    """Workers cancelled in the step they were started or handed a page never call fetch."""
+    tasks = TaskSet()
+    fetched: list[int] = []
+
+    async def fetch(page: int) -> object:
+        fetched.append(page)
+        return page
+
+    workers = _Workers(fetch, tasks)
+    assert (await _ended(workers.slot(1))).ok  # this worker now waits for its next page
+    handed, fresh = workers.slot(2), workers.slot(3)  # one handed over, one for a new worker
+    workers.cancel()  # before either could run
+    for slot in (await _ended(handed), await _ended(fresh)):
+        assert isinstance(slot.error, RuntimeError)
+    assert fetched == [1]
+    await tasks.aclose()
+
+
+def _stub_parse(count: int) -> Callable[[object], tuple[list[Workflow], int]]:
+    """A parse function for stub walks whose fetch answers `{"page": n}`: 100 items a page, *count* in all."""
+    made = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def parse(data: object) -> tuple[list[Workflow], int]:
+        assert isinstance(data, dict)
+        page = data["page"]
+        items = [
+            Workflow(
+                workflow_id=f"wf-{page}-{i}",
+                name="n",
+                template_name="t",
+                start_time=None,
+                end_time=None,
+                total=0,
+                status="finished",
+                create_time=made,
+            )
+            for i in range(100)
+        ]
+        return items, count
+
+    return parse
+
+
+def _stub_walk(
+    fetch: Callable[[int], Awaitable[object]], tasks: TaskSet, count: int, prefetch: int
+) -> WorkflowIterator:
+    return WorkflowIterator(
+        fetch=fetch,
+        parse=_stub_parse(count),
+        tasks=tasks,
+        page_size=100,
+        start_time=None,
+        end_time=None,
+        max_items=None,
+        prefetch=prefetch,
+        cursor=None,
+    )
+
+
+@pytest.mark.anyio
+async def test_a_walk_left_by_cancellation_waits_in_aclose_for_every_request_to_clean_up() -> None:
+    """
+    A consumer cancelled while it waits for a page: leaving `async with walk` waits until every request
+    in flight (the awaited page's too) has run its shielded clean-up, even though the caller is cancelled.
+    """
+    release = anyio.Event()
+    cleaned: list[int] = []
+    waiting_for_page_2 = anyio.Event()
+
+    async def fetch(page: int) -> object:
+        if page == 1:
+            return {"page": 1}
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await release.wait()  # a clean-up that takes a while (a lock released over the network)
+                cleaned.append(page)
+        raise AssertionError("unreachable")
+
+    tasks = TaskSet()
+    walk = _stub_walk(fetch, tasks, count=1000, prefetch=3)
+    left = anyio.Event()
+
+    async def consume() -> None:
+        async with walk:
+            async for _ in walk:
+                if walk.page_remaining == 0:
+                    waiting_for_page_2.set()
+        left.set()  # never: the consumer is cancelled before it gets here
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        await waiting_for_page_2.wait()
+        await _until(lambda: len(tasks._tasks) == 3)
+        tg.cancel_scope.cancel()  # the consumer now waits for page 2, pages 3 and 4 are in flight too
+        for _ in range(10):
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+        assert cleaned == []  # still cleaning up: aclose() has not let the consumer go
+        release.set()
+    assert sorted(cleaned) == [2, 3, 4]  # all three ended before the task group could finish
+    assert not left.is_set()
+    assert not tasks._tasks
+    await tasks.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_walk_closed_by_another_task_ends_quietly_and_yields_nothing_more() -> None:
+    """aclose() from another task while the consumer waits (prefetched or inline): StopAsyncIteration."""
+    for prefetch in (3, 1):
+        gate = anyio.Event()
+        fetched: list[int] = []
+
+        async def fetch(page: int, gate: anyio.Event = gate, fetched: list[int] = fetched) -> object:
+            fetched.append(page)
+            if page > 1:
+                await gate.wait()
+            return {"page": page}
+
+        tasks = TaskSet()
+        walk = _stub_walk(fetch, tasks, count=1000, prefetch=prefetch)
+        await walk.__anext__()
+        walk._index = walk._limit  # the rest of page 1 is read: the next item needs page 2
+        outcome: list[object] = []
+
+        async def next_item(walk: WorkflowIterator = walk, outcome: list[object] = outcome) -> None:
+            try:
+                outcome.append(await walk.__anext__())
+            except StopAsyncIteration:
+                outcome.append("stopped")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(next_item)
+            # The consumer waits for page 2: it took page 2's slot (prefetch 3) or asked for it (prefetch 1).
+            await _until(lambda w=walk, f=fetched: 2 in f and not (w._slots and w._slots[0].page == 2))
+            await walk.aclose()
+            gate.set()  # an inline request (prefetch 1) is the consumer's own: it may still answer
+        assert outcome == ["stopped"], prefetch  # not page 2's first item, nor the "cancelled" error
+        assert max(fetched) == (4 if prefetch == 3 else 2)  # and nothing was requested after the close
+        assert [w async for w in walk] == []
+        await tasks.aclose()
+
+
+@pytest.mark.anyio
 async def test_retired_workers_end_after_their_page_and_new_pages_get_new_ones() -> None:
     """retire(): a waiting worker ends at once, a busy one after its page; a later page starts a worker."""
     tasks = TaskSet()
@@ -305,13 +450,13 @@ async def test_a_walk_following_a_stale_count_keeps_no_trace_of_ended_workers() 
             ids += [w.workflow_id for w in batch]
             workers = walk._workers
             if workers is not None:
-                most = max(most, len(workers._scopes))
+                most = max(most, len(workers._running))
         assert ids == fake.workflow_ids()
         assert walk._workers is not None
         assert walk._workers._started > 4  # retired after each page, so new ones were started...
         assert most <= 2  # ...and only the running ones are kept
         await _until(lambda: not _client_tasks())
-        assert not walk._workers._scopes
+        assert not walk._workers._running
 
 
 @pytest.mark.anyio
