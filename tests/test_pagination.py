@@ -733,11 +733,10 @@ async def test_closing_a_walk_lets_a_page_request_finish_its_shielded_clean_up()
     """
     inside, release = anyio.Event(), anyio.Event()
     finished: list[int] = []
-    first = {"count": 300, "lists": []}
 
     async def fetch(page: int) -> object:
         if page == 1:
-            return first
+            return {"page": 1}
         if page == 2:
             with anyio.CancelScope(shield=True):
                 inside.set()
@@ -746,35 +745,8 @@ async def test_closing_a_walk_lets_a_page_request_finish_its_shielded_clean_up()
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
-    def parse(data: object) -> tuple[list[Workflow], int]:
-        made = datetime(2026, 1, 1, tzinfo=UTC)
-        items = [
-            Workflow(
-                workflow_id=f"wf-{i}",
-                name="n",
-                template_name="t",
-                start_time=None,
-                end_time=None,
-                total=0,
-                status="finished",
-                create_time=made,
-            )
-            for i in range(100)
-        ]
-        return (items if data is first else []), 300
-
     tasks = TaskSet()
-    walk = WorkflowIterator(
-        fetch=fetch,
-        parse=parse,
-        tasks=tasks,
-        page_size=100,
-        start_time=None,
-        end_time=None,
-        max_items=None,
-        prefetch=2,
-        cursor=None,
-    )
+    walk = _stub_walk(fetch, tasks, count=300, prefetch=2)
     await walk.__anext__()
     await inside.wait()  # page 2's request is inside its shielded clean-up
     async with anyio.create_task_group() as tg:
