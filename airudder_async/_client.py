@@ -29,7 +29,7 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
-from ._convert import decode_page, ids_in, parse_page, rows, str_or_none
+from ._convert import ids_in, parse_page, peek_page, rows, str_or_none
 from ._pagination import TaskSet, WorkflowIterator
 from ._partition import partition_window
 from ._protocol import RAW_DEPTH, Response
@@ -651,7 +651,7 @@ class AirudderClient:
     ) -> object:
         params = {"page": str(page), "size": str(size), **filters}
         response = await loop.send(
-            "GET", INSTANCELIST_PATH, params=params, retry=retry, timeouts=timeouts, decode=decode_page
+            "GET", INSTANCELIST_PATH, params=params, retry=retry, timeouts=timeouts, decode=peek_page
         )
         return response.data
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airudder_async import _json
-from airudder_async._convert import DecodedPage, decode_page, parse_page
+from airudder_async._convert import DecodedPage, decode_page, parse_page, peek_page
 from airudder_async._protocol import interpret
 from airudder_async.errors import DecodeError
 from airudder_async.testing import FakeAirudder, make_workflows
@@ -57,11 +57,18 @@ def reference(body: bytes) -> tuple[object, ...]:
 
 
 def client_path(body: bytes) -> tuple[object, ...]:
-    """What the client makes of *body*: msgspec's page when it takes it, else the reference."""
-    page = decode_page(body)
+    """
+    What the client makes of *body*: the request reads the envelope (`peek_page()`, else the reference
+    decides), then the walk decodes the page (`parse_page()`: msgspec when it reads as the reference).
+    """
+    page = peek_page(body)
     if page is None:
         return reference(body)
-    return ("ok", repr(page.items), page.count)
+    try:
+        items, count = parse_page(page)
+    except DecodeError as exc:
+        return ("error", type(exc), exc.field_path)
+    return ("ok", repr(items), count)
 
 
 def test_vendor_shapes_take_the_fast_path() -> None:
@@ -74,7 +81,7 @@ def test_vendor_shapes_take_the_fast_path() -> None:
     assert page.items[0].create_time == datetime(2022, 10, 9, 7, 2, 40, tzinfo=UTC)
     assert page.items[0].create_time.tzinfo is UTC
     assert page.items[1].start_time is None
-    assert parse_page(page) == (page.items, 7)
+    assert parse_page(peek_page(body)) == (page.items, 7)
 
 
 def test_a_lowercase_t_separator_takes_the_fast_path() -> None:
@@ -144,9 +151,28 @@ def test_refusals_leave_the_body_to_the_reference(doc: object, why: str) -> None
     ids=["invalid utf-8", "1025 levels", "4301 digits", "2000 levels"],
 )
 def test_what_only_msgspec_skips_is_refused(body: bytes) -> None:
-    """Bodies the reference refuses but msgspec would skip through (unknown fields) are not taken."""
+    """
+    Bodies the reference refuses but msgspec would skip through (unknown fields) are not taken: when
+    the request's look at the envelope let one through, the walk still raises the reference's error.
+    """
     assert decode_page(body) is None
     assert reference(body)[:2] == ("error", DecodeError)
+    assert client_path(body) == reference(body)
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(5000)  # msgspec's own depth bound is the interpreter's: it skips deeper then
+    try:
+        assert decode_page(body) is None
+        assert client_path(body) == reference(body)
+    finally:
+        sys.setrecursionlimit(before)
+
+
+def test_a_peeked_page_shows_its_size_not_its_contents() -> None:
+    """The page a request hands to the walk has a short repr (it is kept in slots, seen in debuggers)."""
+    body = encode(envelope([ROW]))
+    page = peek_page(body)
+    assert page is not None
+    assert repr(page) == f"<PendingPage {len(body):,} bytes>"
 
 
 def test_unlimited_int_digits_skip_that_check() -> None:
