@@ -243,6 +243,8 @@ def peek_page(body: bytes) -> PendingPage | None:
     decoders = _page_decoders()
     if decoders is None:  # pragma: no cover - exercised by the subprocess test in tests/test_decode_paths.py
         return None
+    if not _plain(body):  # the reference may refuse it as JSON: that error belongs to the request
+        return None
     try:
         envelope = decoders[0](body)
     except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
@@ -261,28 +263,27 @@ def decode_page(body: bytes) -> DecodedPage | None:
 
 
 def _finish(page: PendingPage) -> tuple[list[Workflow], int]:
-    """Decode a peeked page: by msgspec when that reads it as the reference would, else the reference."""
+    """Decode a peeked page: by msgspec when it takes the page, else by the reference path."""
     decoded = _decoded(page)
     if decoded is not None:
         return decoded
+    failure = ""
     try:
         envelope = _json.loads(page.body)
-    except _json.JSONDecodeError as exc:
-        raise DecodeError(f"answer is not JSON ({exc})") from None
+    except _json.JSONDecodeError as exc:  # never, for a body peek_page() took: it passed _plain()
+        failure = str(exc)
+    if failure:
+        raise DecodeError(f"answer is not JSON ({failure})")  # outside the except: nothing chained
+    # msgspec checked every occurrence of both keys, so the reference reads the same: never seen.
     if not (isinstance(envelope, dict) and envelope.get("code") == 200 and envelope.get("status") == "OK"):
-        # msgspec checked every occurrence of both keys, so the reference reads the same: never seen.
-        raise DecodeError(
-            "the answer's envelope reads differently to the reference decoder"
-        )  # pragma: no cover
+        raise DecodeError("the answer's envelope reads differently to the reference")  # pragma: no cover
     return parse_page(envelope["data"])
 
 
 def _decoded(page: PendingPage) -> tuple[list[Workflow], int] | None:
-    """The page decoded by msgspec, or None where msgspec is more tolerant than the reference path."""
+    """The page decoded by msgspec, or None where msgspec refuses it (the reference path decides then)."""
     decoders = _page_decoders()
-    assert decoders is not None  # a PendingPage exists only where msgspec does
-    if not _plain(page.body):
-        return None
+    assert decoders is not None  # a PendingPage exists only where msgspec does (and _plain() passed)
     try:
         data = decoders[1](page.data)
     except (ValueError, RecursionError):

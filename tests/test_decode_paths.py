@@ -11,6 +11,8 @@ import sys
 import textwrap
 from datetime import UTC, datetime
 
+import attrs
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -152,19 +154,34 @@ def test_refusals_leave_the_body_to_the_reference(doc: object, why: str) -> None
 )
 def test_what_only_msgspec_skips_is_refused(body: bytes) -> None:
     """
-    Bodies the reference refuses but msgspec would skip through (unknown fields) are not taken: when
-    the request's look at the envelope let one through, the walk still raises the reference's error.
+    Bodies the reference refuses but msgspec would skip through (unknown fields) are not taken, already
+    by the request's look at the envelope: the error is the request's, as on the reference path.
     """
+    assert peek_page(body) is None
     assert decode_page(body) is None
     assert reference(body)[:2] == ("error", DecodeError)
     assert client_path(body) == reference(body)
     before = sys.getrecursionlimit()
     sys.setrecursionlimit(5000)  # msgspec's own depth bound is the interpreter's: it skips deeper then
     try:
-        assert decode_page(body) is None
+        assert peek_page(body) is None
         assert client_path(body) == reference(body)
     finally:
         sys.setrecursionlimit(before)
+
+
+def test_a_pending_page_the_reference_cannot_read_is_a_clean_decode_error() -> None:
+    """The walk's fallback for a page msgspec refuses raises a DecodeError with nothing chained to it."""
+    page = peek_page(encode(envelope([ROW])))
+    assert page is not None
+    # Never made by peek_page(): a body the reference cannot read, with data msgspec refuses.
+    broken = attrs.evolve(
+        page, body=b'{"code": 200, "status": "OK", "data": ', data=msgspec.Raw(b'{"count": "7"}')
+    )
+    with pytest.raises(DecodeError, match="not JSON") as info:
+        parse_page(broken)
+    assert info.value.__cause__ is None
+    assert info.value.__context__ is None
 
 
 def test_a_peeked_page_shows_its_size_not_its_contents() -> None:
