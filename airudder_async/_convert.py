@@ -238,7 +238,7 @@ def peek_page(body: bytes) -> PendingPage | None:
 
     The page itself is decoded by `parse_page()` in the walk, after it has refilled its prefetch
     window: decoded here, in the request, it held back the next requests behind the decoding of every
-    page answered at the same time (at 20 ms, 0.88-0.92 of a plain window's pace instead of 1.04).
+    page answered at the same time (at 20 ms, 0.88-0.92 of a plain window's pace instead of 1.0).
     """
     decoders = _page_decoders()
     if decoders is None:  # pragma: no cover - exercised by the subprocess test in tests/test_decode_paths.py
