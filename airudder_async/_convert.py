@@ -31,9 +31,8 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn
 from cattrs.preconf.json import make_converter
 
-from . import _json
 from ._json import MAX_DEPTH, depth_exceeds
-from ._protocol import clip, describe
+from ._protocol import NotJSON, clip, decode_body, describe
 from ._time import format_time, parse_time
 from .errors import DecodeError
 from .models import Workflow
@@ -267,13 +266,9 @@ def _finish(page: PendingPage) -> tuple[list[Workflow], int]:
     decoded = _decoded(page)
     if decoded is not None:
         return decoded
-    failure = ""
-    try:
-        envelope = _json.loads(page.body)
-    except _json.JSONDecodeError as exc:  # never, for a body peek_page() took: it passed _plain()
-        failure = str(exc)
-    if failure:
-        raise DecodeError(f"answer is not JSON ({failure})")  # outside the except: nothing chained
+    envelope = decode_body(page.body)  # as interpret() reads it, with no exception to chain
+    if isinstance(envelope, NotJSON):  # never, for a body peek_page() took: it passed _plain()
+        raise DecodeError(f"answer is not JSON ({envelope.reason})")
     # msgspec checked every occurrence of both keys, so the reference reads the same: never seen.
     if not (isinstance(envelope, dict) and envelope.get("code") == 200 and envelope.get("status") == "OK"):
         raise DecodeError("the answer's envelope reads differently to the reference")  # pragma: no cover

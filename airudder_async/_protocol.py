@@ -38,9 +38,11 @@ __all__ = [
     "REDACT_NODES",
     "SAFE_METHODS",
     "TEXT_LIMIT",
+    "NotJSON",
     "Response",
     "backoff_delay",
     "clip",
+    "decode_body",
     "describe",
     "error_for",
     "interpret",
@@ -204,8 +206,8 @@ def error_for(
     return APIError(message, **kwargs)
 
 
-class _NotJSON:
-    """What `_decode()` returns for bytes that are not JSON: the reason, and no exception to chain."""
+class NotJSON:
+    """What `decode_body()` returns for bytes that are not JSON: the reason, and no exception to chain."""
 
     __slots__ = ("reason",)
 
@@ -213,13 +215,13 @@ class _NotJSON:
         self.reason = reason
 
 
-def _decode(body: bytes) -> object:
+def decode_body(body: bytes) -> object:
     if not body:
         return None
     try:
         return _json.loads(body)
     except _json.JSONDecodeError as exc:
-        return _NotJSON(str(exc))
+        return NotJSON(str(exc))
 
 
 def interpret(
@@ -232,8 +234,8 @@ def interpret(
     error names no route (the caller adds it) and holds only redacted, bounded server text.
     """
     ok_status = 200 <= status < 300
-    parsed = _decode(body)
-    if isinstance(parsed, _NotJSON):
+    parsed = decode_body(body)
+    if isinstance(parsed, NotJSON):
         if ok_status:
             raise DecodeError(f"answer is not JSON ({parsed.reason})")
         parsed = None
