@@ -9,8 +9,9 @@ CUBIC-like curve:
 - **cut** on a 429 to a request sent at the current pace (one sent before the last cut says nothing
   new): the level where refusals began, `peak`, is the smaller of the current rate and the rate the
   server was admitting (measured since refusals began, or over the last `window` seconds), and with a
-  `Retry-After` shorter than the pace's interval at most 1 / (retry_after + interval), the most a
-  token bucket could refill; the rate drops to `beta * peak`;
+  sub-second `Retry-After` at most 1 / (retry_after + gap), the most a token bucket could refill
+  (*gap*: since the last admitted request was sent); the rate drops to `beta * peak`. The first 429
+  of all sets the peak the same way when there is a measure or a `Retry-After` to go by;
 - **grow** back while answers are clean, latency is flat and the budget is what holds requests back
   (demand exceeds the rate): concave up to `peak`, flat around it, then convex, probing above it, so
   the pace sits near the limit most of the time and finds a raised one quickly;
@@ -38,6 +39,7 @@ _PRIOR_GAP = 1.2  # a remembered level this much above the peak is climbed back 
 _PRIOR_WAIT = 10.0  # at most this long (s) of growth after a cut before trying the remembered level
 _PRIOR_KEEP = 60.0  # a remembered level refused this long (s) after it was last admitted is forgotten
 _ESCAPE = 5.0  # seconds past the peak without a refusal before the climb turns fast again
+_HINT = 1.0  # a Retry-After this long or longer (whole seconds) says nothing about the rate
 _RESTART = 1.0  # requests per second after a refusal with nothing measured behind it
 
 
@@ -83,6 +85,7 @@ class RateController:
         self._latency = 0.0  # smoothed
         self._starting = False  # the last cut had too little evidence: grow exponentially
         self._since_cut = 0  # admitted answers since the last cut
+        self._admitted_sent = -math.inf  # when the last request the server admitted was sent
         # The highest rate the server admitted for a while before the limit came down (0: none), and
         # whether the fast climb under way is back towards it: a limit that drops often comes back.
         self.prior = 0.0
@@ -109,6 +112,7 @@ class RateController:
         while admitted[0] < horizon:
             admitted.popleft()
         self._since_cut += 1
+        self._admitted_sent = max(self._admitted_sent, now - latency)
         trend = self._observe_latency(now, latency)
         if self.rate is None:
             return
@@ -141,8 +145,8 @@ class RateController:
         """
         Note a 429 to a request sent at *sent_at*; cut the rate and return True when it says something new.
 
-        A *retry_after* (seconds) shorter than the pace's interval reads as a token bucket's time to
-        its next token, which bounds the limit (see below); a longer one (whole seconds) says nothing.
+        A sub-second *retry_after* reads as a token bucket's time to its next token, which bounds the
+        limit (`_bucket_bound()`); whole seconds say nothing.
         """
         if self._first_at is None:
             self._first_at = now
@@ -150,11 +154,14 @@ class RateController:
             return False  # sent at the pace before the last cut: that cut already answered it
         if self.rate is None:
             # The first refusal: the pace so far was only what demand and `Limits` allowed, so the
-            # best guess is what the server admitted lately; with too few answers to measure by
-            # (the first burst of a walk, say), restart low and climb fast, like TCP's slow start.
+            # best guess is what the server admitted lately, or failing that what a `Retry-After`
+            # says (below); with neither (the first burst of a walk, a bare 429), restart low and
+            # climb fast, like TCP's slow start.
             served, sure = self._served_rate(now)
-            self._starting = not sure
-            level = served if sure else _RESTART / self.beta
+            level = min(served if sure else math.inf, self._bucket_bound(sent_at, retry_after))
+            self._starting = math.isinf(level)
+            if self._starting:
+                level = _RESTART / self.beta
         else:
             # The pace at a refusal is the level that proved too much (TCP CUBIC's W_max); when a
             # pace set by a cut is refused too, what the server admitted since that cut measures its
@@ -172,14 +179,27 @@ class RateController:
                 level = min(level, measured)
             # Leave the fast climb only once a pace held long enough to be refused for itself.
             self._starting = self._starting and not sustained
-            if retry_after is not None and 0.0 < retry_after < 1.0 / self.rate:
-                # A bucket that refuses a request 1/rate after the last one it let through, and
-                # frees a token retry_after later, refills at most 1 / (retry_after + 1/rate): cut
-                # there at once (a halved limit in one cut, not four). With retry_after under the
-                # interval, that is never below half the pace.
-                level = min(level, 1.0 / (retry_after + 1.0 / self.rate))
+            level = min(level, self._bucket_bound(sent_at, retry_after))
         self._cut(level, now)
         return True
+
+    def _bucket_bound(self, sent_at: float, retry_after: float | None) -> float:
+        """
+        The most a token bucket could admit (requests per second), given a 429 with *retry_after* to
+        a request sent at *sent_at*; infinite when that says nothing.
+
+        A bucket admitted the last request we know it admitted (sent *gap* seconds before this one)
+        and had less than a token left; it refilled for *gap* seconds and still lacked the part of a
+        token it frees *retry_after* later. So a whole token takes at least gap + retry_after: the
+        limit is at most 1 / (gap + retry_after), whatever the burst. It is exact when the bucket was
+        empty after that admission, as at a steady pace; a request admitted meanwhile whose answer is
+        still on its way only makes the gap look longer and the bound lower (a deeper cut, never a
+        refusal more). A sub-second Retry-After is such a bucket's wait; whole seconds say nothing.
+        """
+        gap = sent_at - self._admitted_sent
+        if retry_after is None or not 0.0 < retry_after < _HINT or not 0.0 <= gap < math.inf:
+            return math.inf
+        return 1.0 / (retry_after + gap)
 
     # -- the curve -------------------------------------------------------------------------------------
 

@@ -251,11 +251,12 @@ def test_a_fast_climb_overshoot_is_not_remembered_as_an_allowed_level() -> None:
 
 
 def test_a_fine_retry_after_bounds_the_limit_in_one_cut() -> None:
-    """A 429 whose Retry-After is shorter than the pace's interval reads as a token bucket's wait for
-    its next token: the limit is at most 1 / (retry_after + interval), and one cut gets there. A
-    Retry-After in whole seconds says nothing about the rate."""
+    """A 429 with a sub-second Retry-After reads as a token bucket's wait for its next token: a
+    request sent `gap` after the last one it admitted found it short by that wait, so the limit is at
+    most 1 / (retry_after + gap), and one cut gets there, even when that wait is longer than the
+    pace's interval (a limit quartered). A Retry-After in whole seconds says nothing about the rate."""
 
-    def paced_at_18() -> tuple[RateController, float]:
+    def paced_at_17() -> tuple[RateController, float]:
         ctl = RateController()
         now = steady(ctl, 0.0, 20.0, 5.0)
         ctl.refused(now, now)  # peak 20, rate 17
@@ -263,15 +264,48 @@ def test_a_fine_retry_after_bounds_the_limit_in_one_cut() -> None:
         assert ctl.rate is not None
         return ctl, now
 
-    ctl, now = paced_at_18()
-    interval = 1.0 / ctl.rate  # type: ignore[operator]
-    ctl.refused(now, now + 0.01, retry_after=0.1 - interval)  # the limit became 10/s
-    assert ctl.peak == pytest.approx(10.0, rel=0.01)
-    coarse, now = paced_at_18()
+    for limit in (10.0, 4.0):
+        ctl, now = paced_at_17()
+        assert ctl.rate is not None
+        interval = 1.0 / ctl.rate
+        sent = now - LATENCY + interval  # one interval after the last admitted request was sent
+        ctl.refused(sent, sent + LATENCY, retry_after=1.0 / limit - interval)
+        assert ctl.peak == pytest.approx(limit, rel=0.01)
+        assert ctl.rate == pytest.approx(ctl.beta * limit, rel=0.01)
+    coarse, now = paced_at_17()
     coarse.refused(now, now + 0.01, retry_after=1.0)
-    plain, now = paced_at_18()
+    plain, now = paced_at_17()
     plain.refused(now, now + 0.01)
     assert coarse.peak == plain.peak > 15.0
+
+
+def test_the_first_refusal_reads_a_fine_retry_after_instead_of_restarting() -> None:
+    """
+    The first 429 of a walk, too early for any measure: a sub-second Retry-After bounds the limit
+    through the time since the last admitted request was sent, and the rate follows the cubic curve
+    from below that bound instead of restarting at 1/s. A refused request sent before any admitted
+    one's was sent, or with nothing admitted yet, bounds nothing.
+    """
+    ctl = RateController()
+    ctl.admitted(0.02, LATENCY)  # sent at 0.0
+    ctl.refused(0.03, 0.05, retry_after=0.02)  # 30 ms after it, 20 ms short of a token: at most 20/s
+    assert ctl.peak == pytest.approx(20.0)
+    assert ctl.rate == pytest.approx(0.85 * 20.0)
+    rate = ctl.rate
+    steady(ctl, 0.05, 17.0, 0.5)
+    assert rate < ctl.rate < rate + 1.0  # cubic, not one more per answer
+
+    for sent in (-0.01, 0.03):  # sent before the admitted one; or nothing admitted at all
+        ctl = RateController()
+        if sent < 0:
+            ctl.admitted(0.02, LATENCY)
+        ctl.refused(sent, 0.05, retry_after=0.02)
+        assert ctl.rate == pytest.approx(1.0)  # the restart
+
+    coarse = RateController()
+    coarse.admitted(0.02, LATENCY)
+    coarse.refused(0.03, 0.05, retry_after=1.0)
+    assert coarse.rate == pytest.approx(1.0)
 
 
 def test_rising_latency_holds_growth_and_a_climb_cuts() -> None:
