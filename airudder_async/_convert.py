@@ -29,7 +29,6 @@ from typing import Any, Literal, TypeVar, get_args
 import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn
-from cattrs.preconf.json import make_converter
 
 from ._json import MAX_DEPTH, depth_exceeds
 from ._protocol import NotJSON, clip, decode_body, describe
@@ -65,16 +64,25 @@ def _strict_int(value: object, _type: object) -> int:
     return value
 
 
-def _make_converter() -> cattrs.Converter:
+@functools.cache
+def converter() -> cattrs.Converter:
+    """
+    The converter of record: cattrs' JSON preset, unknown fields tolerated, strict `str` and `int`,
+    times through `_time.py`, and `Workflow` through the fast hook below.
+
+    Built on first use: only an item the fast path refuses needs it (`_explain()`), so importing the
+    client does not pay for the preset (about 3 ms of import time).
+    """
+    from cattrs.preconf.json import make_converter
+
     conv = make_converter(forbid_extra_keys=False)
     conv.register_structure_hook(datetime, lambda value, _type: parse_time(value))
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(int, _strict_int)
     conv.register_unstructure_hook(datetime, format_time)
+    conv.register_structure_hook(Workflow, lambda d, _t: _fast[Workflow](d))
     return conv
 
-
-converter = _make_converter()
 
 _SIMPLE = {str: "str", int: "int"}
 
@@ -114,7 +122,6 @@ def _fast_hook(cls: Any) -> Callable[[Any], Any]:
 
 _fast: dict[type[Any], Callable[[Any], Any]] = {Workflow: _fast_hook(Workflow)}
 _detailed: dict[type[Any], Callable[[Any, Any], Any]] = {}
-converter.register_structure_hook(Workflow, lambda d, _t: _fast[Workflow](d))
 
 
 def _explain(cls: type[Any], item: object, path: str) -> DecodeError:
@@ -126,7 +133,7 @@ def _explain(cls: type[Any], item: object, path: str) -> DecodeError:
     """
     fn = _detailed.get(cls)
     if fn is None:
-        fn = _detailed[cls] = make_dict_structure_fn(cls, converter, _cattrs_detailed_validation=True)
+        fn = _detailed[cls] = make_dict_structure_fn(cls, converter(), _cattrs_detailed_validation=True)
     detail, field_path = "refused by the fast path", path
     try:
         if not isinstance(item, dict):

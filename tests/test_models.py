@@ -75,7 +75,7 @@ def test_unknown_status_and_extra_fields_pass_through() -> None:
     (wf,) = structure_items(Workflow, [raw], "data.lists")
     assert wf.status == "rebooting"
     assert wf.status not in WorkflowStatus.KNOWN
-    assert converter.structure(raw, Workflow) == wf
+    assert converter().structure(raw, Workflow) == wf
 
 
 @pytest.mark.parametrize(
