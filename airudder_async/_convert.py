@@ -106,8 +106,7 @@ def _fast_hook(cls: Any) -> Callable[[Any], Any]:
             lines.append("    if v is not None:")
             indent = "        "
         if kind is datetime:
-            lines.append(f"{indent}if type(v) is not str: raise TypeError({field.name!r})")
-            lines.append(f"{indent}v = fromiso(v)")
+            lines.append(f"{indent}v = fromiso(v)")  # a TypeError itself for anything but a str
             lines.append(f"{indent}if v.tzinfo is None: v = v.replace(tzinfo=UTC)")
         elif kind in _SIMPLE:
             lines.append(f"{indent}if type(v) is not {_SIMPLE[kind]}: raise TypeError({field.name!r})")

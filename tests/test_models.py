@@ -112,6 +112,8 @@ def test_format_time_documented_form() -> None:
     [
         ({"create_time": None}, "create_time"),
         ({"create_time": "yesterday"}, "create_time"),
+        ({"start_time": 1670848496}, "start_time"),  # fromisoformat's own TypeError, not a str check
+        ({"end_time": ["2022-12-12 12:34:56"]}, "end_time"),
         ({"total": "12"}, "total"),
         ({"workflow_id": 12}, "workflow_id"),
         ({"name": None}, "name"),
