@@ -4,6 +4,7 @@ AirudderClient: the lifecycle (async with / aclose) and one method per endpoint.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import platform
@@ -62,10 +63,13 @@ _PATH = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
 _UNSAFE_URL = re.compile(r"[?#\\\s\x00-\x1f\x7f]")
 
 
-def _version() -> str:
+@functools.cache
+def _user_agent() -> str:
+    """The User-Agent every client sends, read once: the installed version costs ~1 ms to look up."""
     from importlib.metadata import version
 
-    return version("airudder-async")
+    ours = version("airudder-async")
+    return f"airudder-async/{ours} Python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
 
 
 def check_base_url(url: str) -> str:
@@ -257,9 +261,7 @@ class AirudderClient:
         self.timeouts: Final = timeouts
         self.limits: Final = limits
         self.retry: Final = retry
-        self.user_agent: Final = user_agent or (
-            f"airudder-async/{_version()} Python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
-        )
+        self.user_agent: Final = user_agent or _user_agent()
         self._event_hook = event_hook
         self._coordination = coordination
         self._user_session = session

@@ -61,6 +61,28 @@ async def test_walk_in_order_with_any_prefetch(prefetch: int) -> None:
     assert fake.hits(*LIST) == 22
 
 
+def test_the_user_agent_is_looked_up_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The installed version (about 1 ms through importlib.metadata) is read once, not per client."""
+    import importlib.metadata
+
+    from airudder_async import _client
+
+    calls: list[str] = []
+    real = importlib.metadata.version
+
+    def counted(name: str) -> str:
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", counted)
+    _client._user_agent.cache_clear()
+    agents = {AirudderClient(app_key="k", app_secret="s").user_agent for _ in range(3)}
+    assert calls == ["airudder-async"]
+    assert len(agents) == 1
+    assert agents.pop().startswith(f"airudder-async/{real('airudder-async')} Python/")
+    assert AirudderClient(app_key="k", app_secret="s", user_agent="mine/1").user_agent == "mine/1"
+
+
 async def test_every_request_carries_token_and_user_agent() -> None:
     """Calls after auth send `Authorization: Token <t>` and a User-Agent naming the library."""
     async with FakeAirudder(workflows=3) as fake, fake.client() as client:
