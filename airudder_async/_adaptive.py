@@ -9,9 +9,10 @@ CUBIC-like curve:
 - **cut** on a 429 to a request sent at the current pace (one sent before the last cut says nothing
   new): the level where refusals began, `peak`, is the smaller of the current rate and the rate the
   server was admitting (measured since refusals began, or over the last `window` seconds), and with a
-  sub-second `Retry-After` at most 1 / (retry_after + gap), the most a token bucket could refill
-  (*gap*: since the last admitted request was sent); the rate drops to `beta * peak`. The first 429
-  of all sets the peak the same way when there is a measure or a `Retry-After` to go by;
+  `Retry-After` shorter than the pace's interval at most 1 / (retry_after + interval), the most a
+  token bucket could refill; the rate drops to `beta * peak`. The first 429 of all sets the peak to
+  what the server admitted lately, or with too little measured restarts a fast climb: from a low
+  rate, or from where a sub-second `Retry-After` puts the limit;
 - **grow** back while answers are clean, latency is flat and the budget is what holds requests back
   (demand exceeds the rate): concave up to `peak`, flat around it, then convex, probing above it, so
   the pace sits near the limit most of the time and finds a raised one quickly;
@@ -86,6 +87,9 @@ class RateController:
         self._starting = False  # the last cut had too little evidence: grow exponentially
         self._since_cut = 0  # admitted answers since the last cut
         self._admitted_sent = -math.inf  # when the last request the server admitted was sent
+        self._answered = 0  # answers of either kind
+        self._first_sent = math.inf  # when the earliest request answered was sent
+        self._start_bound = math.inf  # where a first refusal's Retry-After put the limit, if it did
         # The highest rate the server admitted for a while before the limit came down (0: none), and
         # whether the fast climb under way is back towards it: a limit that drops often comes back.
         self.prior = 0.0
@@ -104,6 +108,8 @@ class RateController:
 
     def admitted(self, now: float, latency: float) -> None:
         """Note an answer that was not a 429 (*latency*: the attempt's duration), and grow if due."""
+        self._answered += 1
+        self._first_sent = min(self._first_sent, now - latency)
         if self._first_at is None:
             self._first_at = now
         admitted = self._admitted
@@ -145,23 +151,30 @@ class RateController:
         """
         Note a 429 to a request sent at *sent_at*; cut the rate and return True when it says something new.
 
-        A sub-second *retry_after* reads as a token bucket's time to its next token, which bounds the
-        limit (`_bucket_bound()`); whole seconds say nothing.
+        A *retry_after* (seconds) shorter than the pace's interval reads as a token bucket's time to
+        its next token, which bounds the limit (see below); a longer one (whole seconds) says nothing.
+        On a first refusal with too little measured, a sub-second one sets where the fast climb
+        starts (`_first_bound()`).
         """
         if self._first_at is None:
             self._first_at = now
+        self._answered += 1
+        self._first_sent = min(self._first_sent, sent_at)
         if sent_at <= self.cut_at:
             return False  # sent at the pace before the last cut: that cut already answered it
         if self.rate is None:
             # The first refusal: the pace so far was only what demand and `Limits` allowed, so the
-            # best guess is what the server admitted lately, or failing that what a `Retry-After`
-            # says (below); with neither (the first burst of a walk, a bare 429), restart low and
-            # climb fast, like TCP's slow start.
+            # best guess is what the server admitted lately; with too few answers to measure by
+            # (the first burst of a walk, say), restart and climb fast, like TCP's slow start: low,
+            # or where the 429's Retry-After puts the limit (`_first_bound()`).
             served, sure = self._served_rate(now)
-            level = min(served if sure else math.inf, self._bucket_bound(sent_at, retry_after))
-            self._starting = math.isinf(level)
-            if self._starting:
+            self._starting = not sure
+            level = served
+            if not sure:
                 level = _RESTART / self.beta
+                hinted = self._first_bound(sent_at, now, retry_after)
+                if hinted > level:
+                    level = self._start_bound = hinted
         else:
             # The pace at a refusal is the level that proved too much (TCP CUBIC's W_max); when a
             # pace set by a cut is refused too, what the server admitted since that cut measures its
@@ -177,29 +190,39 @@ class RateController:
                     # seconds, just before this refusal, is the closer measure.
                     measured = max(measured, self._served_rate(now)[0])
                 level = min(level, measured)
-            # Leave the fast climb only once a pace held long enough to be refused for itself.
-            self._starting = self._starting and not sustained
-            level = min(level, self._bucket_bound(sent_at, retry_after))
+            # Leave the fast climb only once a pace held long enough to be refused for itself, or
+            # one refused at or above where the first refusal's Retry-After put the limit.
+            self._starting = self._starting and not sustained and self.rate < self._start_bound
+            if retry_after is not None and 0.0 < retry_after < 1.0 / self.rate:
+                # A bucket that refuses a request 1/rate after the last one it let through, and
+                # frees a token retry_after later, refills at most 1 / (retry_after + 1/rate): cut
+                # there at once (a halved limit in one cut, not four). With retry_after under the
+                # interval, that is never below half the pace. (The interval, not the time since
+                # the last admitted answer's request was sent: a 429 often comes back before the
+                # answers to requests sent just ahead of it, which would make that gap too long.)
+                level = min(level, 1.0 / (retry_after + 1.0 / self.rate))
         self._cut(level, now)
         return True
 
-    def _bucket_bound(self, sent_at: float, retry_after: float | None) -> float:
+    def _first_bound(self, sent_at: float, now: float, retry_after: float | None) -> float:
         """
-        The most a token bucket could admit (requests per second), given a 429 with *retry_after* to
-        a request sent at *sent_at*; infinite when that says nothing.
+        Where a first 429 with *retry_after*, to a request sent at *sent_at*, puts the limit
+        (requests per second), or 0 when it says nothing.
 
-        A bucket admitted the last request we know it admitted (sent *gap* seconds before this one)
-        and had less than a token left; it refilled for *gap* seconds and still lacked the part of a
-        token it frees *retry_after* later. So a whole token takes at least gap + retry_after: the
-        limit is at most 1 / (gap + retry_after), whatever the burst. It is exact when the bucket was
-        empty after that admission, as at a steady pace; a request admitted meanwhile whose answer is
-        still on its way only makes the gap look longer and the bound lower (a deeper cut, never a
-        refusal more). A sub-second Retry-After is such a bucket's wait; whole seconds say nothing.
+        A sub-second Retry-After reads as a token bucket's wait for its next token. The bucket admitted
+        the last request we know it admitted, sent *gap* seconds before this one, and had less than a
+        token left; it refilled for *gap* and still lacked what it frees *retry_after* later, so a
+        token takes at least gap + retry_after: the limit is at most 1 / (gap + retry_after), whatever
+        the burst. Two things make it only a starting point for the fast climb, never above the rate
+        the answers have come at so far: an admitted request whose answer is still on its way (a 429
+        often comes back faster) makes the gap look longer and the bound too low, and a tiny or
+        unusual Retry-After (an HTTP date's rounding, a window's reset) proves nothing either way.
+        A climb refused at or above that level leaves the fast climb (`_start_bound`).
         """
-        gap = sent_at - self._admitted_sent
-        if retry_after is None or not 0.0 < retry_after < _HINT or not 0.0 <= gap < math.inf:
-            return math.inf
-        return 1.0 / (retry_after + gap)
+        gap, span = sent_at - self._admitted_sent, now - self._first_sent
+        if retry_after is None or not 0.0 < retry_after < _HINT or not 0.0 <= gap < math.inf or span <= 0:
+            return 0.0
+        return min(1.0 / (retry_after + gap), self._answered / span)
 
     # -- the curve -------------------------------------------------------------------------------------
 

@@ -416,7 +416,7 @@ _SPECIAL = frozenset({"kind", "extra", "raw", "signature", "decode_error"})
 
 
 # The webhook models' own converter: registering their hooks must not touch the converter that reads
-# API answers (`_convert.converter`).
+# API answers (`_convert.converter()`).
 _converter = make_converter(forbid_extra_keys=False)
 # The list fields of each model, whose length is checked against max_list_length before structuring.
 _LIST_FIELDS: dict[type[Any], tuple[str, ...]] = {}

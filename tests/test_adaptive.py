@@ -251,12 +251,11 @@ def test_a_fast_climb_overshoot_is_not_remembered_as_an_allowed_level() -> None:
 
 
 def test_a_fine_retry_after_bounds_the_limit_in_one_cut() -> None:
-    """A 429 with a sub-second Retry-After reads as a token bucket's wait for its next token: a
-    request sent `gap` after the last one it admitted found it short by that wait, so the limit is at
-    most 1 / (retry_after + gap), and one cut gets there, even when that wait is longer than the
-    pace's interval (a limit quartered). A Retry-After in whole seconds says nothing about the rate."""
+    """A 429 whose Retry-After is shorter than the pace's interval reads as a token bucket's wait for
+    its next token: the limit is at most 1 / (retry_after + interval), and one cut gets there. A
+    Retry-After in whole seconds says nothing about the rate."""
 
-    def paced_at_17() -> tuple[RateController, float]:
+    def paced_at_18() -> tuple[RateController, float]:
         ctl = RateController()
         now = steady(ctl, 0.0, 20.0, 5.0)
         ctl.refused(now, now)  # peak 20, rate 17
@@ -264,48 +263,69 @@ def test_a_fine_retry_after_bounds_the_limit_in_one_cut() -> None:
         assert ctl.rate is not None
         return ctl, now
 
-    for limit in (10.0, 4.0):
-        ctl, now = paced_at_17()
-        assert ctl.rate is not None
-        interval = 1.0 / ctl.rate
-        sent = now - LATENCY + interval  # one interval after the last admitted request was sent
-        ctl.refused(sent, sent + LATENCY, retry_after=1.0 / limit - interval)
-        assert ctl.peak == pytest.approx(limit, rel=0.01)
-        assert ctl.rate == pytest.approx(ctl.beta * limit, rel=0.01)
-    coarse, now = paced_at_17()
+    ctl, now = paced_at_18()
+    interval = 1.0 / ctl.rate  # type: ignore[operator]
+    ctl.refused(now, now + 0.01, retry_after=0.1 - interval)  # the limit became 10/s
+    assert ctl.peak == pytest.approx(10.0, rel=0.01)
+    coarse, now = paced_at_18()
     coarse.refused(now, now + 0.01, retry_after=1.0)
-    plain, now = paced_at_17()
+    plain, now = paced_at_18()
     plain.refused(now, now + 0.01)
     assert coarse.peak == plain.peak > 15.0
 
 
-def test_the_first_refusal_reads_a_fine_retry_after_instead_of_restarting() -> None:
+def test_the_first_refusal_climbs_fast_from_where_a_fine_retry_after_puts_the_limit() -> None:
     """
-    The first 429 of a walk, too early for any measure: a sub-second Retry-After bounds the limit
-    through the time since the last admitted request was sent, and the rate follows the cubic curve
-    from below that bound instead of restarting at 1/s. A refused request sent before any admitted
-    one's was sent, or with nothing admitted yet, bounds nothing.
+    The first 429 of a walk, too early for any measure: a sub-second Retry-After, read against the time
+    since the last admitted request was sent, says where the limit is, and the fast climb starts there
+    instead of at 1/s; a climb refused at or above that level grows on the cubic curve from then on.
     """
     ctl = RateController()
     ctl.admitted(0.02, LATENCY)  # sent at 0.0
     ctl.refused(0.03, 0.05, retry_after=0.02)  # 30 ms after it, 20 ms short of a token: at most 20/s
     assert ctl.peak == pytest.approx(20.0)
     assert ctl.rate == pytest.approx(0.85 * 20.0)
+    now = 0.05
+    while ctl.rate < 20.0:  # one more request per second for each clean answer
+        now += 0.05
+        ctl.held()
+        ctl.admitted(now, LATENCY)
+    assert ctl.rate == pytest.approx(20.0)
+    ctl.refused(now, now + 0.01, retry_after=0.001)  # refused at that level: the climb is over
     rate = ctl.rate
-    steady(ctl, 0.05, 17.0, 0.5)
+    assert rate is not None
+    steady(ctl, now + 0.01, rate, 0.5)
     assert rate < ctl.rate < rate + 1.0  # cubic, not one more per answer
 
-    for sent in (-0.01, 0.03):  # sent before the admitted one; or nothing admitted at all
-        ctl = RateController()
-        if sent < 0:
-            ctl.admitted(0.02, LATENCY)
-        ctl.refused(sent, 0.05, retry_after=0.02)
-        assert ctl.rate == pytest.approx(1.0)  # the restart
 
-    coarse = RateController()
-    coarse.admitted(0.02, LATENCY)
-    coarse.refused(0.03, 0.05, retry_after=1.0)
-    assert coarse.rate == pytest.approx(1.0)
+def test_a_first_refusal_hint_never_starts_below_the_restart_or_above_the_answers_pace() -> None:
+    """
+    The hint only moves where the fast climb starts: a 429 answered before the admitted requests sent
+    just ahead of it (their answers still on the way, so the gap looks long) starts no lower than the
+    1/s restart; a tiny Retry-After, no faster than the answers came; a whole-second one, a refused
+    request sent before the last admitted one, or nothing admitted yet say nothing.
+    """
+    slow = RateController()
+    slow.admitted(0.30, 0.30)  # sent at 0.0, answered after 300 ms
+    slow.refused(0.29, 0.31, retry_after=0.05)  # the 429 came back in 20 ms: gap 0.29 s, at most 2.9/s
+    assert slow.rate is not None
+    assert slow.rate == pytest.approx(0.85 / (0.05 + 0.29))
+    far = RateController()
+    far.admitted(1.0, 1.0)  # sent at 0.0
+    far.refused(0.99, 1.01, retry_after=0.5)  # at most 0.67/s: below the restart, which wins
+    assert far.rate == pytest.approx(1.0)
+
+    tiny = RateController()
+    tiny.admitted(0.02, LATENCY)  # sent at 0.0
+    tiny.refused(0.0, 0.03, retry_after=1e-9)  # says up to 1e9/s; 2 answers in 30 ms is 67/s
+    assert tiny.peak == pytest.approx(2 / 0.03)
+
+    for sent, retry_after, admitted in ((0.03, 1.0, True), (-0.01, 0.02, True), (0.03, 0.02, False)):
+        ctl = RateController()
+        if admitted:
+            ctl.admitted(0.02, LATENCY)
+        ctl.refused(sent, 0.05, retry_after=retry_after)
+        assert ctl.rate == pytest.approx(1.0)  # the restart
 
 
 def test_rising_latency_holds_growth_and_a_climb_cuts() -> None:
@@ -453,10 +473,11 @@ def test_a_clock_that_steps_back_does_not_break_the_measure() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("adaptive", "most"), [(True, 3), (False, 8)])
+@pytest.mark.parametrize(("adaptive", "most"), [(True, 4), (False, 8)])
 async def test_a_strict_limit_refuses_few_of_the_first_requests(adaptive: bool, most: int) -> None:
     """Against 10 requests/s without a burst, the walk's first 8 requests went out at once and 7 were
-    refused; slow start sends one, then two, and the first refusal sets a pace."""
+    refused; slow start sends one, then two, and the first refusal sets a pace (starting where its
+    Retry-After puts the limit, whose fast climb costs one more refusal soon after)."""
     async with (
         FakeAirudder(workflows=24, rate_limit=RateLimit(rate=10.0, burst=1)) as fake,
         fake.client(limits=Limits(adaptive=adaptive), retry=RetryPolicy(attempts=50)) as client,
