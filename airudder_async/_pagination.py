@@ -146,8 +146,9 @@ class _Slot:
 
 class _Workers:
     """
-    A walk's prefetch workers: tasks of the client's `TaskSet`, each fetching one page at a time and
-    waiting for the next between pages, so a page costs a hand-over instead of a task (and anyio's
+    A walk's prefetch workers: tasks of the client's `TaskSet`, each fetching one page at a time (and
+    parsing it too, unless the walk is waiting for a page: see `_work`) and waiting for the next between
+    pages, so a page costs a hand-over instead of a task (and anyio's
     registration of every new task that enters a cancel scope, 12-18 µs). At most one worker per page
     in flight: a page goes to an idle worker, or to a new one when none is idle. Once the walk has
     nothing left to request (`retire()`), workers end after their page instead of waiting.
@@ -158,10 +159,22 @@ class _Workers:
     The workers hold nothing of the walk's iterator, so dropping it lets `__del__` stop them.
     """
 
-    __slots__ = ("_fetch", "_idle", "_retiring", "_running", "_started", "_tasks", "loop")
+    __slots__ = (
+        "_fetch",
+        "_idle",
+        "_parse",
+        "_retiring",
+        "_running",
+        "_started",
+        "_tasks",
+        "_waiting",
+        "loop",
+    )
 
-    def __init__(self, fetch: FetchPage, tasks: TaskSet) -> None:
+    def __init__(self, fetch: FetchPage, parse: ParsePage, waiting: list[bool], tasks: TaskSet) -> None:
         self._fetch = fetch
+        self._parse = parse
+        self._waiting = waiting  # [True] while the walk waits for a page (shared, not the walk itself)
         self._tasks = tasks
         self.loop = asyncio.get_running_loop()
         # The waiting workers: the future that wakes each, and the cell its next page goes into.
@@ -219,7 +232,13 @@ class _Workers:
             # delivers a cancellation only at the task's next wait, which the fetch may reach late.
             while (slot := cell[0]) is not None and not scope.cancel_called:
                 try:
-                    slot.result = await self._fetch(slot.page)
+                    result = await self._fetch(slot.page)
+                    if not self._waiting[0]:
+                        # The walk is busy, not waiting for a page: parse this one now, while its
+                        # decoded JSON is still in the CPU's cache, rather than pages later. (While it
+                        # waits, parsing here would hold back its refill: left to the walk then.)
+                        result = _parsed_early(self._parse, result)
+                    slot.result = result
                     slot.ok = True
                 except Exception as exc:
                     slot.error = exc
@@ -230,6 +249,25 @@ class _Workers:
                 waiting: asyncio.Future[None] = self.loop.create_future()
                 self._idle.append((waiting, cell))
                 await waiting
+
+
+class _Parsed:
+    """A page a worker parsed as soon as it arrived: its workflows and `count`."""
+
+    __slots__ = ("count", "items")
+
+    def __init__(self, items: list[Workflow], count: int) -> None:
+        self.items = items
+        self.count = count
+
+
+def _parsed_early(parse: ParsePage, data: object) -> object:
+    """*data* parsed into a `_Parsed`, or *data* itself where parsing fails: the walk then parses it
+    again and raises, as for a page nobody parsed early."""
+    try:
+        return _Parsed(*parse(data))
+    except Exception:
+        return data
 
 
 def _end_held(cell: list[_Slot | None]) -> None:
@@ -299,6 +337,7 @@ class WorkflowIterator:
         self._index = 0
         self._slots: deque[_Slot] = deque()
         self._workers: _Workers | None = None  # made by the first prefetched page
+        self._waiting = [False]  # while the walk waits for a prefetched page (its workers read it)
         self._prev_page: list[Workflow] = []  # the previous page as served, for de-duplication
         self._stale_pages = 0  # consecutive non-empty pages that held nothing new
         self._prev_last_id: str | None = self._resume_after  # the last id yielded before this page
@@ -421,20 +460,27 @@ class WorkflowIterator:
             if self._slots:
                 slot = self._slots.popleft()
                 assert slot.page == page, (slot.page, page)
-                await slot.wait()
+                self._waiting[0] = True
+                try:
+                    await slot.wait()
+                finally:
+                    self._waiting[0] = False
                 self._check_open()  # closed by another task meanwhile: its page ends cancelled, quietly
                 if slot.error is not None:
                     raise slot.error
                 data = slot.result
                 # Refill the window before the CPU work on this page, so the next request is not
-                # held up behind it: prefetch tasks only fetch and decode; structuring happens here.
+                # held up behind it: a worker parses its page only while the walk is not waiting.
                 if self._top_up():
                     await asyncio.sleep(0)
             else:
                 self._next_request = page + 1
                 data = await self._fetch(page)
             self._check_open()
-            items, count = self._parse(data)
+            if type(data) is _Parsed:
+                items, count = data.items, data.count
+            else:
+                items, count = self._parse(data)
         except AirudderError as exc:
             self._fail(exc)
             raise
@@ -536,7 +582,7 @@ class WorkflowIterator:
         added = False
         while len(self._slots) < self._prefetch and self._next_request <= limit:
             if self._workers is None:
-                self._workers = _Workers(self._fetch, tasks)
+                self._workers = _Workers(self._fetch, self._parse, self._waiting, tasks)
             self._slots.append(self._workers.slot(self._next_request))
             self._next_request += 1
             added = True
