@@ -171,7 +171,9 @@ class _Workers:
         "loop",
     )
 
-    def __init__(self, fetch: FetchPage, parse: ParsePage, waiting: list[bool], tasks: TaskSet) -> None:
+    def __init__(
+        self, fetch: FetchPage, parse: ParsePage | None, waiting: list[bool], tasks: TaskSet
+    ) -> None:
         self._fetch = fetch
         self._parse = parse
         self._waiting = waiting  # [True] while the walk waits for a page (shared, not the walk itself)
@@ -233,7 +235,7 @@ class _Workers:
             while (slot := cell[0]) is not None and not scope.cancel_called:
                 try:
                     result = await self._fetch(slot.page)
-                    if not self._waiting[0]:
+                    if self._parse is not None and not self._waiting[0]:
                         # The walk is busy, not waiting for a page: parse this one now, while its
                         # decoded JSON is still in the CPU's cache, rather than pages later. (While it
                         # waits, parsing here would hold back its refill: left to the walk then.)
@@ -243,7 +245,8 @@ class _Workers:
                 except Exception as exc:
                     slot.error = exc
                 _end_held(cell)
-                del slot  # a waiting worker holds no page
+                del slot  # a waiting worker holds no page...
+                result = None  # ...nor its data
                 if self._retiring:
                     return
                 waiting: asyncio.Future[None] = self.loop.create_future()
@@ -318,9 +321,11 @@ class WorkflowIterator:
         max_items: int | None,
         prefetch: int,
         cursor: Cursor | None,
+        parse_early: bool = True,
     ) -> None:
         self._fetch = fetch
         self._parse = parse
+        self._parse_early = parse_early  # a parse with side effects must run in the walk, in page order
         self._tasks = tasks
         self.page_size = page_size
         self.start_time = start_time
@@ -582,7 +587,8 @@ class WorkflowIterator:
         added = False
         while len(self._slots) < self._prefetch and self._next_request <= limit:
             if self._workers is None:
-                self._workers = _Workers(self._fetch, self._parse, self._waiting, tasks)
+                parse = self._parse if self._parse_early else None
+                self._workers = _Workers(self._fetch, parse, self._waiting, tasks)
             self._slots.append(self._workers.slot(self._next_request))
             self._next_request += 1
             added = True

@@ -537,5 +537,6 @@ def walk_keeping_raw(
         max_items=None,
         prefetch=prefetch,
         cursor=cursor,
+        parse_early=False,  # `raw` is the page last loaded: parsed in page order, by the walk
     )
     return walk, raw

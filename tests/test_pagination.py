@@ -320,15 +320,15 @@ def _stub_walk(
 
 
 def _gated_walk(
-    tasks: TaskSet, *, fails: int | None = None
+    tasks: TaskSet, *, fails: int | None = None, pages: int = 4
 ) -> tuple[WorkflowIterator, dict[int, anyio.Event], dict[int, list[asyncio.Task[object] | None]]]:
     """
-    A stub walk of 4 pages of 100 (prefetch 3) whose page *n* is answered once `gates[n]` is set, and
-    which notes the task that parsed each page (page *fails* never parses).
+    A stub walk of *pages* pages of 100 (prefetch 3) whose page *n* is answered once `gates[n]` is
+    set, and which notes the task that parsed each page (page *fails* never parses).
     """
-    gates = {page: anyio.Event() for page in range(1, 5)}
+    gates = {page: anyio.Event() for page in range(1, pages + 1)}
     parsed_by: dict[int, list[asyncio.Task[object] | None]] = {page: [] for page in gates}
-    parse = _stub_parse(400)
+    parse = _stub_parse(100 * pages)
 
     async def fetch(page: int) -> object:
         await gates[page].wait()
@@ -388,6 +388,45 @@ async def test_a_page_is_parsed_by_its_worker_unless_the_walk_waits_for_it() -> 
     assert parsed_by[4] == [me]  # answered while the walk waited: parsed by the walk
     assert all(len(tasks_) == 1 for tasks_ in parsed_by.values())  # each page parsed once
     assert len(seen) == len(set(seen)) == 400
+    await tasks.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("busy", [True, False])
+async def test_a_worker_waiting_for_its_next_page_holds_nothing_of_the_last(busy: bool) -> None:
+    """
+    Between pages a worker keeps neither the slot nor the answer (raw, or parsed early while the walk
+    was busy): with several idle workers, the pages they fetched long ago would otherwise stay alive as
+    long as the walk.
+    """
+    tasks = TaskSet()
+    walk, gates, parsed_by = _gated_walk(tasks, pages=8)
+    async with walk:
+        await anext(walk)  # page 1; pages 2-4 go to three workers
+        if busy:  # answered while the walk holds an item: parsed early; the workers wait, idle
+            for page in (2, 3, 4):
+                gates[page].set()
+            await _until(lambda: all(parsed_by[page] for page in (2, 3, 4)))
+            assert len(walk._workers._idle) == 3  # type: ignore[union-attr]
+        else:  # answered while the walk waits, handed over raw; the workers fetch pages 5-7
+
+            async def answer_once_the_walk_waits() -> None:
+                for page in (2, 3, 4):
+                    await _until(lambda: walk._waiting[0])
+                    gates[page].set()
+                    await _until(lambda: not walk._waiting[0])
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer_once_the_walk_waits)
+                for _ in range(300):
+                    await anext(walk)
+            assert parsed_by[4] == [asyncio.current_task()]
+        assert walk._workers is not None
+        assert len(walk._workers._running) == 3
+        for task in walk._workers._running:
+            frame = task.get_coro().cr_frame  # type: ignore[union-attr]
+            assert frame.f_locals["result"] is None
+            assert busy != ("slot" in frame.f_locals)  # an idle worker has no slot either
     await tasks.aclose()
 
 

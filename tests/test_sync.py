@@ -231,6 +231,24 @@ async def test_first_sync_mirrors_every_workflow(tmp_path: Path) -> None:
     assert state(db)[2:4] == (None, None)  # no run in progress
 
 
+async def test_every_page_keeps_its_own_extra_fields(tmp_path: Path) -> None:
+    """
+    Undocumented fields on every workflow, over 20 pages read with prefetch: each row keeps its own
+    (each page is written with the raw objects of that page, however the requests interleave), so a
+    second run over an unchanged server finds nothing changed.
+    """
+    db = tmp_path / "wf.db"
+    async with FakeAirudder(latency=0.002) as fake, fake.client() as client, open_sink(db) as sink:
+        fake.add_history(2000)
+        for i, wf in enumerate(fake.workflows):
+            wf["priority"] = i % 7
+        first = await sync_workflows(client, sink, page_size=100)
+        second = await sync_workflows(client, sink, page_size=100, full=True)
+        assert table(db) == wire(fake)
+    assert (first.inserted, first.pages) == (2000, 20)
+    assert (second.read, second.changed, second.unchanged) == (2000, 0, 2000)
+
+
 async def test_incremental_sync_applies_exactly_the_changes(tmp_path: Path) -> None:
     """2,000 mirrored, 50 status changes + 30 new: the next run applies and records exactly 80, reading
     only its window; a run after it changes nothing."""
