@@ -191,8 +191,10 @@ class RateController:
                     measured = max(measured, self._served_rate(now)[0])
                 level = min(level, measured)
             # Leave the fast climb only once a pace held long enough to be refused for itself, or
-            # one refused at or above where the first refusal's Retry-After put the limit.
-            self._starting = self._starting and not sustained and self.rate < self._start_bound
+            # at the first refusal of a climb that started where a Retry-After put the limit (the
+            # climb is one more request per second per answer: at 5/s that overshoots in a second).
+            hinted, self._start_bound = self._start_bound < math.inf, math.inf
+            self._starting = self._starting and not sustained and not hinted
             if retry_after is not None and 0.0 < retry_after < 1.0 / self.rate:
                 # A bucket that refuses a request 1/rate after the last one it let through, and
                 # frees a token retry_after later, refills at most 1 / (retry_after + 1/rate): cut
@@ -217,7 +219,7 @@ class RateController:
         the answers have come at so far: an admitted request whose answer is still on its way (a 429
         often comes back faster) makes the gap look longer and the bound too low, and a tiny or
         unusual Retry-After (an HTTP date's rounding, a window's reset) proves nothing either way.
-        A climb refused at or above that level leaves the fast climb (`_start_bound`).
+        Such a climb ends at its first refusal (`_start_bound`).
         """
         gap, span = sent_at - self._admitted_sent, now - self._first_sent
         if retry_after is None or not 0.0 < retry_after < _HINT or not 0.0 <= gap < math.inf or span <= 0:

@@ -278,7 +278,8 @@ def test_the_first_refusal_climbs_fast_from_where_a_fine_retry_after_puts_the_li
     """
     The first 429 of a walk, too early for any measure: a sub-second Retry-After, read against the time
     since the last admitted request was sent, says where the limit is, and the fast climb starts there
-    instead of at 1/s; a climb refused at or above that level grows on the cubic curve from then on.
+    instead of at 1/s; its first refusal (even below that level: a burst's tokens ran out) ends the
+    fast climb, and the rate grows on the cubic curve from then on.
     """
     ctl = RateController()
     ctl.admitted(0.02, LATENCY)  # sent at 0.0
@@ -286,12 +287,12 @@ def test_the_first_refusal_climbs_fast_from_where_a_fine_retry_after_puts_the_li
     assert ctl.peak == pytest.approx(20.0)
     assert ctl.rate == pytest.approx(0.85 * 20.0)
     now = 0.05
-    while ctl.rate < 20.0:  # one more request per second for each clean answer
+    while ctl.rate < 19.0:  # one more request per second for each clean answer
         now += 0.05
         ctl.held()
         ctl.admitted(now, LATENCY)
-    assert ctl.rate == pytest.approx(20.0)
-    ctl.refused(now, now + 0.01, retry_after=0.001)  # refused at that level: the climb is over
+    assert ctl.rate == pytest.approx(19.0)
+    ctl.refused(now, now + 0.01, retry_after=0.001)  # the first refusal of the climb ends it
     rate = ctl.rate
     assert rate is not None
     steady(ctl, now + 0.01, rate, 0.5)
