@@ -148,8 +148,8 @@ class _Workers:
     """
     A walk's prefetch workers: tasks of the client's `TaskSet`, each fetching one page at a time (and
     parsing it too, unless the walk is waiting for a page: see `_work`) and waiting for the next between
-    pages, so a page costs a hand-over instead of a task (and anyio's
-    registration of every new task that enters a cancel scope, 12-18 µs). At most one worker per page
+    pages, so a page costs a hand-over instead of a task (and anyio's registration of every new task
+    that enters a cancel scope, 12-18 µs). At most one worker per page
     in flight: a page goes to an idle worker, or to a new one when none is idle. Once the walk has
     nothing left to request (`retire()`), workers end after their page instead of waiting.
 
