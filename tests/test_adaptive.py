@@ -274,6 +274,28 @@ def test_a_fine_retry_after_bounds_the_limit_in_one_cut() -> None:
     assert coarse.peak == plain.peak > 15.0
 
 
+def test_a_429_answered_before_slower_admitted_answers_cuts_by_the_interval() -> None:
+    """
+    A gateway often answers 429 at once while admitted requests take their time: when it comes, the
+    answers to the requests sent just ahead of it are still on their way. The cut reads its Retry-After
+    against the pace's interval, so it stays within half the pace, not the 1 / (latency + retry_after)
+    that the time since the last admitted answer's request was sent would give (a tenth of the limit).
+    """
+    ctl = RateController()
+    now = 0.0
+    for _ in range(100):  # 20/s, each answer 300 ms after its request
+        now += 0.05
+        ctl.held()
+        ctl.admitted(now, 0.3)
+    ctl.refused(now, now + 0.01)  # the first cut: measured, at about 20/s
+    rate = ctl.rate
+    assert rate is not None
+    sent = now + 1.0 / rate  # the next request at the pace; its 429 back in 20 ms, Retry-After 3 ms
+    ctl.refused(sent, sent + 0.02, retry_after=0.003)
+    assert ctl.rate is not None
+    assert ctl.rate >= ctl.beta * rate / 2
+
+
 def test_the_first_refusal_climbs_fast_from_where_a_fine_retry_after_puts_the_limit() -> None:
     """
     The first 429 of a walk, too early for any measure: a sub-second Retry-After, read against the time
