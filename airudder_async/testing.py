@@ -184,6 +184,11 @@ def _positive_finite(instance: object, attribute: attrs.Attribute[float], value:
         raise ValueError(f"{attribute.name} must be a positive finite number of requests per second")
 
 
+def _seconds_or_none(instance: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attribute.name} must be None or a finite number of seconds, at least 0")
+
+
 @attrs.frozen(kw_only=True)
 class RateLimit:
     """
@@ -193,6 +198,8 @@ class RateLimit:
     or is answered 429 with the error envelope. With *has_retry_after*, that answer carries `Retry-After`:
     the seconds until a token is free, rounded up to *retry_after_decimals* decimals (3, milliseconds, by
     default, so a budget of 20/s asks for `0.050`, not `1`; 0 gives whole seconds, as RFC 9110 writes them).
+    With *refusal_latency* (seconds) a 429 takes that long instead of the fake's `latency`, as from a
+    gateway that refuses at once while the requests it lets through take their time.
     """
 
     rate: float = attrs.field(validator=_positive_finite)
@@ -202,6 +209,7 @@ class RateLimit:
         default=3, validator=[attrs.validators.ge(0), attrs.validators.le(6)]
     )
     exempt_paths: frozenset[str] = frozenset({AUTH_PATH})
+    refusal_latency: float | None = attrs.field(default=None, validator=_seconds_or_none)
 
 
 @attrs.frozen(kw_only=True)
@@ -823,6 +831,7 @@ class FakeAirudder:
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         now = self._time()
         # Decided on arrival, like a gateway in front of the API; the answer still waits its turn below.
+        limit = self._rate_limit
         refusal = self._check_rate(request.path, now)
         if self.record_requests:
             self.requests.append(
@@ -844,8 +853,11 @@ class FakeAirudder:
             for path, let_through, gate in self._gates:
                 if path == request.path and number > let_through:
                     await gate._pass()
-            if self.latency:
-                await asyncio.sleep(self.latency)
+            delay = self.latency
+            if refusal is not None and limit is not None and limit.refusal_latency is not None:
+                delay = limit.refusal_latency
+            if delay:
+                await asyncio.sleep(delay)
             if refusal is not None:
                 self._schedule.pop((request.path, number), None)  # a refused request shows no fault
                 return refusal

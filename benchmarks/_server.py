@@ -7,8 +7,9 @@ The server runs until its stdin closes (the parent exits or closes the pipe), so
 the benchmark that started it. Commands on stdin, each answered with one line on stdout:
 
 - `cpu`: the CPU seconds this process has used so far;
-- `limit RATE BURST RETRY_AFTER` (RETRY_AFTER 1 or 0) or `limit none`: set the server-side rate limit
-  from the next request on; answered with the server's clock at the change;
+- `limit RATE BURST RETRY_AFTER [REFUSAL_LATENCY]` (RETRY_AFTER 1 or 0; REFUSAL_LATENCY in seconds) or
+  `limit none`: set the server-side rate limit from the next request on; answered with the server's
+  clock at the change;
 - `requests` (with --record): the instancelist requests so far, as JSON `[[at, refused], ...]`.
 """
 
@@ -26,8 +27,13 @@ from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, RateLimit
 def _limit(words: list[str]) -> RateLimit | None:
     if words == ["none"]:
         return None
-    rate, burst, retry_after = words
-    return RateLimit(rate=float(rate), burst=int(burst), has_retry_after=retry_after == "1")
+    rate, burst, retry_after, *refusal = words
+    return RateLimit(
+        rate=float(rate),
+        burst=int(burst),
+        has_retry_after=retry_after == "1",
+        refusal_latency=float(refusal[0]) if refusal else None,
+    )
 
 
 async def serve(workflows: int, latency: float, limit: RateLimit | None, record: bool) -> None:
@@ -64,11 +70,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="a server-side rate limit, requests per second")
     parser.add_argument("--burst", type=int, default=1, help="the rate limit's burst")
     parser.add_argument("--no-retry-after", action="store_true", help="429 answers carry no Retry-After")
+    parser.add_argument("--refusal-latency", type=float, help="seconds a 429 takes (default: --latency)")
     parser.add_argument("--record", action="store_true", help="keep the request log (for `requests`)")
     args = parser.parse_args()
     limit = None
     if args.rate:
-        limit = RateLimit(rate=args.rate, burst=args.burst, has_retry_after=not args.no_retry_after)
+        limit = RateLimit(
+            rate=args.rate,
+            burst=args.burst,
+            has_retry_after=not args.no_retry_after,
+            refusal_latency=args.refusal_latency,
+        )
     asyncio.run(serve(args.workflows, args.latency, limit, args.record))
 
 

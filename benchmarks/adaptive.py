@@ -2,7 +2,8 @@
 Adaptive pacing against an unknown server rate limit: achieved rate, share of 429s, re-convergence.
 
     python benchmarks/adaptive.py [--duration 60] [--limits 5,20,80] [--burst 1] [--latency 0.02]
-                                  [--no-retry-after] [--skip-halving] [--adaptive-only]
+                                  [--no-retry-after] [--refusal-latency S] [--skip-halving]
+                                  [--adaptive-only]
 
 Each case walks a FakeAirudder (benchmarks/_server.py, in its own process) whose token bucket allows
 *limit* requests per second (bursts of *burst*) and answers 429 beyond it, with `Retry-After` unless
@@ -71,6 +72,8 @@ class Server:
             "--burst", str(limit.burst),
             "--record",
         ]  # fmt: skip
+        if limit.refusal_latency is not None:
+            cmd += ["--refusal-latency", str(limit.refusal_latency)]
         if not limit.has_retry_after:
             cmd.append("--no-retry-after")
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -86,7 +89,8 @@ class Server:
 
     def set_limit(self, limit: RateLimit) -> float:
         """Set the server's limit; return the server's clock at the change."""
-        return float(self.ask(f"limit {limit.rate} {limit.burst} {int(limit.has_retry_after)}"))
+        refusal = "" if limit.refusal_latency is None else f" {limit.refusal_latency}"
+        return float(self.ask(f"limit {limit.rate} {limit.burst} {int(limit.has_retry_after)}{refusal}"))
 
     def close(self) -> None:
         assert self._proc.stdin is not None
@@ -183,15 +187,20 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.02)
     parser.add_argument("--no-retry-after", action="store_true")
+    parser.add_argument(
+        "--refusal-latency", type=float, help="seconds a 429 takes (a gateway refusing at once)"
+    )
     parser.add_argument("--skip-halving", action="store_true")
     parser.add_argument("--adaptive-only", action="store_true", help="skip the fixed-pacing walks")
     args = parser.parse_args()
     logging.getLogger("airudder_async").setLevel(logging.ERROR)
     has_ra = not args.no_retry_after
+    refuse = args.refusal_latency
 
     print(
         f"walks of {args.duration:g} s, {args.latency * 1000:g} ms latency, server burst {args.burst}, "
         f"429 {'with' if has_ra else 'without'} Retry-After"
+        + ("" if refuse is None else f", answered in {refuse * 1000:g} ms")
     )
     print()
     print("| limit (req/s) | pacing | achieved / limit | 429 share | cuts | learnt rate | walks given up |")
@@ -203,7 +212,7 @@ def main() -> None:
             out, _ = anyio.run(
                 functools.partial(
                     walk,
-                    RateLimit(rate=limit, burst=args.burst, has_retry_after=has_ra),
+                    RateLimit(rate=limit, burst=args.burst, has_retry_after=has_ra, refusal_latency=refuse),
                     adaptive=adaptive,
                     duration=args.duration,
                     latency=args.latency,
@@ -227,7 +236,7 @@ def main() -> None:
     print("| pacing | 429 share, 10 s after halving | re-converged after recovery | overall 429 share |")
     print("|---|---:|---:|---:|")
     for adaptive in modes:
-        full = RateLimit(rate=base, burst=args.burst, has_retry_after=has_ra)
+        full = RateLimit(rate=base, burst=args.burst, has_retry_after=has_ra, refusal_latency=refuse)
         half = attrs.evolve(full, rate=base / 2)
 
         def schedule(t: float, full: RateLimit = full, half: RateLimit = half) -> RateLimit:

@@ -7,6 +7,7 @@ only when a test says so, and nothing waits on the wall clock.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import aiohttp
@@ -179,6 +180,30 @@ def test_rate_limit_refuses_bad_settings() -> None:
     for decimals in [-1, 7]:
         with pytest.raises(ValueError, match="retry_after_decimals"):
             RateLimit(rate=1, retry_after_decimals=decimals)
+    for seconds in [-0.1, math.inf, math.nan]:
+        with pytest.raises(ValueError, match="refusal_latency"):
+            RateLimit(rate=1, refusal_latency=seconds)
+    assert RateLimit(rate=1, refusal_latency=0).refusal_latency == 0
+
+
+async def test_a_refusal_can_come_back_before_slower_admitted_answers() -> None:
+    """
+    With refusal_latency, a 429 takes that long instead of the server's latency: of two requests sent
+    together, the refused one is answered first, while the admitted one still waits its latency.
+    """
+    limit = RateLimit(rate=1, refusal_latency=0.0)
+    async with (
+        FakeAirudder(workflows=3, latency=0.5, rate_limit=limit, clock=_stopped) as fake,
+        aiohttp.ClientSession() as s,
+    ):
+        headers = await _token(s, fake)
+        first = asyncio.ensure_future(_list(s, fake, headers))
+        await fake.wait_for_hits("GET", INSTANCELIST_PATH, 1)  # the admitted one arrives first
+        second = asyncio.ensure_future(_list(s, fake, headers))
+        done, _pending = await asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {second}
+        assert second.result()[0] == 429
+        assert (await first)[0] == 200
 
 
 async def test_client_walk_through_the_limit() -> None:
