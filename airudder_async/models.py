@@ -39,7 +39,7 @@ class WorkflowStatus:
     KNOWN: frozenset[str] = frozenset({CANCELLED, FINISHED})
 
 
-@attrs.frozen(kw_only=True, cache_hash=False)
+@attrs.frozen(kw_only=True, cache_hash=False, weakref_slot=False)
 class Workflow:
     """
     One workflow task (instance) from `instancelist`; times are timezone-aware.

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from airudder_async._convert import converter, structure_items
+from airudder_async._convert import _builder, _fast_hook, converter, structure_items
 from airudder_async._time import format_time, parse_time
 from airudder_async.errors import DecodeError
 from airudder_async.models import Cursor, Page, Workflow, WorkflowStatus
@@ -160,6 +160,41 @@ def test_models_are_frozen_and_slotted() -> None:
     assert not hasattr(wf, "__dict__")
     assert pickle.loads(pickle.dumps(wf)) == wf
     assert hash(wf) == hash(pickle.loads(pickle.dumps(wf)))
+
+
+def test_a_structured_workflow_is_a_plain_frozen_workflow() -> None:
+    """
+    The fast path builds a workflow as a mutable twin and turns it into a `Workflow`: what comes out is
+    a `Workflow` in every respect (type, equality, hash, frozen), and nothing of the twin shows.
+    """
+    (wf,) = structure_items(Workflow, VENDOR_EXAMPLE["data"]["lists"][:1], "x")
+    built = Workflow(**{f.name: getattr(wf, f.name) for f in attrs.fields(Workflow)})
+    assert type(wf) is Workflow
+    assert wf == built
+    assert hash(wf) == hash(built)
+    assert repr(wf) == repr(built)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        wf.total = 2  # type: ignore[misc]  # checking the runtime guard
+    assert attrs.evolve(wf, total=2).total == 2
+
+
+def test_a_class_the_twin_cannot_stand_in_for_is_filled_through_its_descriptors() -> None:
+    """A slotted class with a `__weakref__` slot (no layout twin in CPython) still gets a fast hook."""
+
+    @attrs.frozen(kw_only=True)
+    class Weak:
+        name: str
+        total: int
+        at: datetime | None
+
+    assert _builder(Workflow) is not None
+    assert _builder(Weak) is None
+    hook = _fast_hook(Weak)
+    item = hook({"name": "n", "total": 1, "at": "2022-10-09 07:02:40"})
+    assert item == Weak(name="n", total=1, at=datetime(2022, 10, 9, 7, 2, 40, tzinfo=UTC))
+    assert type(item) is Weak
+    with pytest.raises(TypeError):
+        hook({"name": "n", "total": "1", "at": None})
 
 
 def test_page_has_more() -> None:
