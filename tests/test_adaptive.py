@@ -4,6 +4,7 @@ Adaptive pacing: the controller's rules (pure, on a clock passed in) and the pac
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import anyio
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from airudder_async import Limits, RetryPolicy
 from airudder_async._adaptive import RateController
-from airudder_async._ratelimit import LearntPace, Pacer
+from airudder_async._ratelimit import LearntPace, Pacer, loop_time
 from airudder_async.coordination import MemoryCoordination, MemoryRateBudget
 from airudder_async.models import RequestEvent
 from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault, RateLimit
@@ -447,6 +448,60 @@ async def test_a_new_rate_applies_to_requests_already_waiting() -> None:
             assert not released.is_set()
             pace.set_rate(10_000.0)
             await released.wait()
+
+
+@pytest.mark.anyio
+async def test_waiting_requests_leave_in_order_and_never_before_their_time() -> None:
+    """Requests queued on the pace go one at a time, in the order they came, each at least an
+    interval after the one before (on the loop's clock): the millisecond spent yielding instead of
+    on a timer never lets one out early."""
+    pace = LearntPace(400.0)  # 2.5 ms: the timer and the yielding both take part
+    order: list[int] = []
+    times: list[float] = []
+
+    async def one(i: int) -> None:
+        await pace.acquire()
+        times.append(pace._last)  # when it was let go, on the loop's clock
+        order.append(i)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(one, i)
+                await anyio.lowlevel.checkpoint()  # queued in this order
+    assert order == list(range(12))
+    assert all(b - a >= pace.interval for a, b in itertools.pairwise(times))
+
+
+@pytest.mark.anyio
+async def test_the_pace_arms_its_timer_a_millisecond_early_and_yields_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncio's timers fire up to a millisecond late, which at 80 requests/s is a tenth of the rate:
+    the pace sets its timer a millisecond before the request is due and yields to the loop from
+    there, and a request due within the millisecond arms no timer at all."""
+    armed: list[float] = []
+    move_on_after = anyio.move_on_after
+
+    def recording(delay: float) -> anyio.CancelScope:
+        armed.append(delay)
+        return move_on_after(delay)
+
+    monkeypatch.setattr(anyio, "move_on_after", recording)
+    slow = LearntPace(50.0)  # 20 ms
+    await slow.acquire()
+    due = slow._last + slow.interval
+    await slow.acquire()
+    assert loop_time() >= due
+    assert armed
+    assert all(delay <= slow.interval - 0.001 for delay in armed)
+    armed.clear()
+    fast = LearntPace(2000.0)  # 0.5 ms
+    await fast.acquire()
+    due = fast._last + fast.interval
+    await fast.acquire()
+    assert loop_time() >= due
+    assert armed == []
 
 
 @pytest.mark.anyio
