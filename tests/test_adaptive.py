@@ -306,20 +306,38 @@ def test_the_first_refusal_climbs_fast_from_where_a_fine_retry_after_puts_the_li
     """
     ctl = RateController()
     ctl.admitted(0.02, LATENCY)  # sent at 0.0
-    ctl.refused(0.03, 0.05, retry_after=0.02)  # 30 ms after it, 20 ms short of a token: at most 20/s
-    assert ctl.peak == pytest.approx(20.0)
-    assert ctl.rate == pytest.approx(0.85 * 20.0)
+    # 30 ms after it, 20 ms short of a token (written to the millisecond, rounded up, so 19.5 ms on
+    # average): at most about 20/s
+    ctl.refused(0.03, 0.05, retry_after=0.02)
+    assert ctl.peak == pytest.approx(1.0 / 0.0495)
+    assert ctl.rate == pytest.approx(0.85 / 0.0495)
     now = 0.05
     while ctl.rate < 19.0:  # one more request per second for each clean answer
         now += 0.05
         ctl.held()
         ctl.admitted(now, LATENCY)
-    assert ctl.rate == pytest.approx(19.0)
+    assert ctl.rate == pytest.approx(0.85 / 0.0495 + 2.0)
     ctl.refused(now, now + 0.01, retry_after=0.001)  # the first refusal of the climb ends it
     rate = ctl.rate
     assert rate is not None
     steady(ctl, now + 0.01, rate, 0.5)
     assert rate < ctl.rate < rate + 1.0  # cubic, not one more per answer
+
+
+def test_a_retry_after_rounded_up_to_the_millisecond_does_not_read_a_fast_limit_low() -> None:
+    """
+    A bucket refusing a request a fraction of a millisecond early writes `Retry-After: 0.001`: at
+    78/s that read as 1 / (1 ms + 12.8 ms), 7% below the pace, and the cut landed at 0.78 of the
+    limit. The wait is read as half a millisecond (its mean under rounding up) instead.
+    """
+    ctl = RateController()
+    now = steady(ctl, 0.0, 78.0, 3.0)
+    ctl.refused(now - 0.02, now)  # a first cut, to measure from
+    now = steady(ctl, now, 78.0, 3.0)  # the server admits 78/s
+    ctl.rate = 78.0
+    ctl.refused(now - 0.02, now, retry_after=0.001)
+    assert ctl.peak == pytest.approx(1.0 / (0.0005 + 1.0 / 78.0))
+    assert ctl.peak > 1.0 / (0.001 + 1.0 / 78.0) + 2.0
 
 
 def test_a_first_refusal_hint_never_starts_below_the_restart_or_above_the_answers_pace() -> None:
@@ -333,7 +351,7 @@ def test_a_first_refusal_hint_never_starts_below_the_restart_or_above_the_answer
     slow.admitted(0.30, 0.30)  # sent at 0.0, answered after 300 ms
     slow.refused(0.29, 0.31, retry_after=0.05)  # the 429 came back in 20 ms: gap 0.29 s, at most 2.9/s
     assert slow.rate is not None
-    assert slow.rate == pytest.approx(0.85 / (0.05 + 0.29))
+    assert slow.rate == pytest.approx(0.85 / (0.0495 + 0.29))
     far = RateController()
     far.admitted(1.0, 1.0)  # sent at 0.0
     far.refused(0.99, 1.01, retry_after=0.5)  # at most 0.67/s: below the restart, which wins
