@@ -9,8 +9,7 @@ CUBIC-like curve:
 - **cut** on a 429 to a request sent at the current pace (one sent before the last cut says nothing
   new): the level where refusals began, `peak`, is the smaller of the current rate and the rate the
   server was admitting (measured since refusals began, or over the last `window` seconds), and with a
-  `Retry-After` shorter than the pace's interval at most 1 / (retry_after + interval) (the header
-  rounded up to the millisecond, so less half of one), the most a
+  `Retry-After` shorter than the pace's interval at most 1 / (retry_after + interval), the most a
   token bucket could refill; the rate drops to `beta * peak`. The first 429 of all sets the peak to
   what the server admitted lately, or with too little measured restarts a fast climb: from a low
   rate, or from where a sub-second `Retry-After` puts the limit;
@@ -43,11 +42,6 @@ _PRIOR_KEEP = 60.0  # a remembered level refused this long (s) after it was last
 _ESCAPE = 5.0  # seconds past the peak without a refusal before the climb turns fast again
 _HINT = 1.0  # a Retry-After this long or longer (whole seconds) says nothing about the rate
 _RESTART = 1.0  # requests per second after a refusal with nothing measured behind it
-
-
-# A sub-second Retry-After is a token's wait written to the millisecond and rounded up: half a
-# millisecond more than the wait, on average. Read at face value, `0.001` at 80/s put the limit 7% low.
-_ROUNDING = 0.0005
 
 
 class RateController:
@@ -208,7 +202,10 @@ class RateController:
                 # interval, that is never below half the pace. (The interval, not the time since
                 # the last admitted answer's request was sent: a 429 often comes back before the
                 # answers to requests sent just ahead of it, which would make that gap too long.)
-                level = min(level, 1.0 / (max(0.0, retry_after - _ROUNDING) + 1.0 / self.rate))
+                # A request sent sooner after the last one the server admitted (the first one a
+                # new pace lets go, say) had less time to refill: the bound is looser by as much.
+                spacing = min(1.0 / self.rate, max(0.0, sent_at - self._admitted_sent))
+                level = min(level, 1.0 / (retry_after + spacing))
         self._cut(level, now)
         return True
 
@@ -230,9 +227,7 @@ class RateController:
         gap, span = sent_at - self._admitted_sent, now - self._first_sent
         if retry_after is None or not 0.0 < retry_after < _HINT or not 0.0 <= gap < math.inf or span <= 0:
             return 0.0
-        pace = self._answered / span
-        token = max(0.0, retry_after - _ROUNDING) + gap
-        return min(1.0 / token, pace) if token > 0 else pace
+        return min(1.0 / (retry_after + gap), self._answered / span)
 
     # -- the curve -------------------------------------------------------------------------------------
 

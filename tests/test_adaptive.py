@@ -266,7 +266,8 @@ def test_a_fine_retry_after_bounds_the_limit_in_one_cut() -> None:
 
     ctl, now = paced_at_18()
     interval = 1.0 / ctl.rate  # type: ignore[operator]
-    ctl.refused(now, now + 0.01, retry_after=0.1 - interval)  # the limit became 10/s
+    sent = now - LATENCY + interval  # at the pace, after the last admitted request
+    ctl.refused(sent, sent + 0.01, retry_after=0.1 - interval)  # the limit became 10/s
     assert ctl.peak == pytest.approx(10.0, rel=0.01)
     coarse, now = paced_at_18()
     coarse.refused(now, now + 0.01, retry_after=1.0)
@@ -306,17 +307,15 @@ def test_the_first_refusal_climbs_fast_from_where_a_fine_retry_after_puts_the_li
     """
     ctl = RateController()
     ctl.admitted(0.02, LATENCY)  # sent at 0.0
-    # 30 ms after it, 20 ms short of a token (written to the millisecond, rounded up, so 19.5 ms on
-    # average): at most about 20/s
-    ctl.refused(0.03, 0.05, retry_after=0.02)
-    assert ctl.peak == pytest.approx(1.0 / 0.0495)
-    assert ctl.rate == pytest.approx(0.85 / 0.0495)
+    ctl.refused(0.03, 0.05, retry_after=0.02)  # 30 ms after it, 20 ms short of a token: at most 20/s
+    assert ctl.peak == pytest.approx(20.0)
+    assert ctl.rate == pytest.approx(0.85 * 20.0)
     now = 0.05
     while ctl.rate < 19.0:  # one more request per second for each clean answer
         now += 0.05
         ctl.held()
         ctl.admitted(now, LATENCY)
-    assert ctl.rate == pytest.approx(0.85 / 0.0495 + 2.0)
+    assert ctl.rate == pytest.approx(19.0)
     ctl.refused(now, now + 0.01, retry_after=0.001)  # the first refusal of the climb ends it
     rate = ctl.rate
     assert rate is not None
@@ -324,20 +323,22 @@ def test_the_first_refusal_climbs_fast_from_where_a_fine_retry_after_puts_the_li
     assert rate < ctl.rate < rate + 1.0  # cubic, not one more per answer
 
 
-def test_a_retry_after_rounded_up_to_the_millisecond_does_not_read_a_fast_limit_low() -> None:
+def test_a_refusal_sent_just_after_an_admitted_request_reads_its_short_gap_not_the_interval() -> None:
     """
-    A bucket refusing a request a fraction of a millisecond early writes `Retry-After: 0.001`: at
-    78/s that read as 1 / (1 ms + 12.8 ms), 7% below the pace, and the cut landed at 0.78 of the
-    limit. The wait is read as half a millisecond (its mean under rounding up) instead.
+    The first request a new pace lets go may leave a millisecond after the last one the server
+    admitted: a 429 with a 12 ms Retry-After then says the limit is at most 1 / (12 + 1) ms, not
+    1 / (12 ms + the pace's interval). Read against the interval, it halved a 61/s pace at an 80/s
+    limit, and the slow climb back cost a sixth of a minute's walk.
     """
     ctl = RateController()
-    now = steady(ctl, 0.0, 78.0, 3.0)
-    ctl.refused(now - 0.02, now)  # a first cut, to measure from
-    now = steady(ctl, now, 78.0, 3.0)  # the server admits 78/s
-    ctl.rate = 78.0
-    ctl.refused(now - 0.02, now, retry_after=0.001)
-    assert ctl.peak == pytest.approx(1.0 / (0.0005 + 1.0 / 78.0))
-    assert ctl.peak > 1.0 / (0.001 + 1.0 / 78.0) + 2.0
+    now = steady(ctl, 0.0, 70.0, 2.0)
+    ctl.refused(now - 0.02, now)  # a first cut, to a pace
+    rate = ctl.rate
+    assert rate is not None
+    ctl.admitted(now + 0.021, 0.02)  # sent at now + 0.001, admitted
+    ctl.refused(now + 0.002, now + 0.022, retry_after=0.012)  # sent a millisecond after it
+    assert ctl.peak == pytest.approx(rate)
+    assert ctl.rate == pytest.approx(0.85 * rate)
 
 
 def test_a_first_refusal_hint_never_starts_below_the_restart_or_above_the_answers_pace() -> None:
@@ -351,7 +352,7 @@ def test_a_first_refusal_hint_never_starts_below_the_restart_or_above_the_answer
     slow.admitted(0.30, 0.30)  # sent at 0.0, answered after 300 ms
     slow.refused(0.29, 0.31, retry_after=0.05)  # the 429 came back in 20 ms: gap 0.29 s, at most 2.9/s
     assert slow.rate is not None
-    assert slow.rate == pytest.approx(0.85 / (0.0495 + 0.29))
+    assert slow.rate == pytest.approx(0.85 / (0.05 + 0.29))
     far = RateController()
     far.admitted(1.0, 1.0)  # sent at 0.0
     far.refused(0.99, 1.01, retry_after=0.5)  # at most 0.67/s: below the restart, which wins
