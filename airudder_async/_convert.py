@@ -93,8 +93,9 @@ def _builder(cls: Any) -> type[Any] | None:
 
     An instance is filled by plain attribute stores (a specialised bytecode, about 10 ns each, where
     a frozen class's slot descriptor costs about 60 ns a call) and then becomes a *cls* by `__class__`
-    assignment, which CPython allows between heap types of the same layout. A class with a
-    `__weakref__` slot never qualifies (CPython counts its slots without it); `Workflow` has none.
+    assignment, which CPython allows between heap types of the same layout. On CPython 3.11 a class
+    with a `__weakref__` slot never qualifies (it counts the slots without it; 3.12 fixed that), so
+    `Workflow` has none; a class with slots of its bases never does.
     """
     builder = type(f"_{cls.__name__}Builder", (), {"__slots__": cls.__slots__})
     try:
@@ -141,7 +142,7 @@ def _fast_hook(cls: Any) -> Callable[[Any], Any]:
         if builder:
             lines.append(f"    o.{field.name} = v")
         else:
-            ns[f"set{i}"] = cls.__dict__[field.name].__set__
+            ns[f"set{i}"] = getattr(cls, field.name).__set__  # the slot's descriptor, wherever defined
             lines.append(f"    set{i}(o, v)")
     if builder:
         lines.append("    o.__class__ = cls")

@@ -179,11 +179,15 @@ def test_a_structured_workflow_is_a_plain_frozen_workflow() -> None:
 
 
 def test_a_class_the_twin_cannot_stand_in_for_is_filled_through_its_descriptors() -> None:
-    """A slotted class with a `__weakref__` slot (no layout twin in CPython) still gets a fast hook."""
+    """A class with slots of its base has no layout twin (on any CPython): its fast hook fills it
+    through the slot descriptors, its base's included."""
 
     @attrs.frozen(kw_only=True)
-    class Weak:
+    class Base:
         name: str
+
+    @attrs.frozen(kw_only=True)
+    class Weak(Base):
         total: int
         at: datetime | None
 
