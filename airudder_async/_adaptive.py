@@ -204,7 +204,11 @@ class RateController:
                 # answers to requests sent just ahead of it, which would make that gap too long.)
                 # A request sent sooner after the last one the server admitted (the first one a
                 # new pace lets go, say) had less time to refill: the bound is looser by as much.
-                spacing = min(1.0 / self.rate, max(0.0, sent_at - self._admitted_sent))
+                # (Not when an admitted request sent after this one was answered first: the one
+                # admitted before it is not known, and the interval is the best guess.)
+                spacing = interval = 1.0 / self.rate
+                if sent_at >= self._admitted_sent:
+                    spacing = min(interval, sent_at - self._admitted_sent)
                 level = min(level, 1.0 / (retry_after + spacing))
         self._cut(level, now)
         return True

@@ -71,8 +71,11 @@ class LearntPace:
     too (a token bucket's reservations would keep the old spacing for them).
 
     One request at a time waits for its turn (the others queue, in order, on a lock): on a timer to
-    a millisecond before it, then yielding to the event loop until it comes, so it leaves when due
-    rather than when a timer rounded to the next millisecond fires.
+    shortly before it, then yielding to the event loop until it comes, so it leaves when due rather
+    than when a timer rounded up to the next millisecond fires. The yielding lasts at most a
+    millisecond and a tenth of the interval, so it costs at most that share of the loop's idle time
+    (every other task runs meanwhile); on a loop whose clock stands still while it is busy (a test
+    loop with virtual time) it falls back to the timer.
     """
 
     def __init__(self, rate: float, on_wait: Callable[[], object] = lambda: None) -> None:
@@ -81,6 +84,7 @@ class LearntPace:
         self._last = float("-inf")  # when the last request was let go
         self._changed = anyio.Event()
         self._turn = asyncio.Lock()  # FIFO, and free of any trip through the loop when uncontended
+        self._inside = 0  # requests between entering acquire() and leaving their turn
 
     def set_rate(self, rate: float) -> None:
         """Pace at *rate* from now on, and wake the waiting requests to re-check."""
@@ -91,21 +95,33 @@ class LearntPace:
     async def acquire(self) -> float:
         """Wait until a request may go at the current rate; return the time waited."""
         started = now = loop_time()
-        queued = self._turn.locked()
-        async with self._turn:
-            if queued:
-                now = loop_time()
-            while (due := self._last + self.interval) > now:
-                if due - now > _EARLY:
-                    changed = self._changed
-                    with anyio.move_on_after(due - now - _EARLY):
-                        await changed.wait()
-                else:
-                    await asyncio.sleep(0)  # the last millisecond: the loop's other work goes on
-                now = loop_time()
-            # Spaced from when it really went: catching up after a late start would send two requests
-            # closer than the interval, which a strict server refuses (the controller makes up the rate).
-            self._last = now
+        # Contended while any request is inside, also in the moment after one released the lock and
+        # before the next has run (the lock says it is free then, but this request queues behind).
+        contended = self._inside > 0
+        self._inside += 1
+        try:
+            async with self._turn:
+                if contended:
+                    now = loop_time()
+                while (due := self._last + self.interval) > now:
+                    early = min(_EARLY, self.interval / 10)
+                    if due - now > early:
+                        changed = self._changed
+                        with anyio.move_on_after(due - now - early):
+                            await changed.wait()
+                        now = loop_time()
+                        continue
+                    await asyncio.sleep(0)  # the last moment: the loop's other work goes on
+                    if (moved := loop_time()) == now:  # a clock that only moves while the loop sleeps
+                        await asyncio.sleep(due - now)
+                        moved = loop_time()
+                    now = moved
+                # Spaced from when it really went: catching up after a late start would send two
+                # requests closer than the interval, which a strict server refuses (the controller
+                # makes up the rate).
+                self._last = now
+        finally:
+            self._inside -= 1
         if now > started:
             self.on_wait()
         return now - started

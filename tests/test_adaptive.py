@@ -4,8 +4,12 @@ Adaptive pacing: the controller's rules (pure, on a clock passed in) and the pac
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
+import selectors
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 import pytest
@@ -20,6 +24,7 @@ from airudder_async.models import RequestEvent
 from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder, Fault, RateLimit
 
 LATENCY = 0.02
+T = TypeVar("T")
 
 
 def steady(ctl: RateController, start: float, rate: float, seconds: float, *, held: bool = True) -> float:
@@ -341,6 +346,24 @@ def test_a_refusal_sent_just_after_an_admitted_request_reads_its_short_gap_not_t
     assert ctl.rate == pytest.approx(0.85 * rate)
 
 
+def test_a_refusal_answered_after_a_later_admitted_request_reads_the_interval() -> None:
+    """
+    When an admitted request sent after the refused one was answered first, the request the server
+    admitted just before the refused one is not known: the bound reads the pace's interval, as
+    before, instead of no spacing at all (which made it 1 / retry_after, no bound at all).
+    """
+    ctl = RateController()
+    now = steady(ctl, 0.0, 20.0, 3.0)
+    ctl.refused(now - LATENCY, now)  # a first cut, to a pace
+    now = steady(ctl, now, 20.0, 3.0)
+    rate = ctl.rate
+    assert rate is not None
+    interval = 1.0 / rate
+    ctl.admitted(now + 0.03, 0.02)  # sent at now + 0.01, answered first
+    ctl.refused(now + 0.005, now + 0.035, retry_after=0.9 * interval)  # sent before it
+    assert ctl.peak == pytest.approx(1.0 / (1.9 * interval))
+
+
 def test_a_first_refusal_hint_never_starts_below_the_restart_or_above_the_answers_pace() -> None:
     """
     The hint only moves where the fast climb starts: a 429 answered before the admitted requests sent
@@ -493,12 +516,12 @@ async def test_waiting_requests_leave_in_order_and_never_before_their_time() -> 
 
 
 @pytest.mark.anyio
-async def test_the_pace_arms_its_timer_a_millisecond_early_and_yields_the_rest(
+async def test_the_pace_arms_its_timer_shortly_before_the_turn_and_yields_the_rest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """asyncio's timers fire up to a millisecond late, which at 80 requests/s is a tenth of the rate:
-    the pace sets its timer a millisecond before the request is due and yields to the loop from
-    there, and a request due within the millisecond arms no timer at all."""
+    the pace sets its timer a millisecond before the request is due (a tenth of the interval, when
+    that is less) and yields to the loop from there; a request never leaves before it is due."""
     armed: list[float] = []
     move_on_after = anyio.move_on_after
 
@@ -507,20 +530,99 @@ async def test_the_pace_arms_its_timer_a_millisecond_early_and_yields_the_rest(
         return move_on_after(delay)
 
     monkeypatch.setattr(anyio, "move_on_after", recording)
-    slow = LearntPace(50.0)  # 20 ms
-    await slow.acquire()
-    due = slow._last + slow.interval
-    await slow.acquire()
-    assert loop_time() >= due
-    assert armed
-    assert all(delay <= slow.interval - 0.001 for delay in armed)
-    armed.clear()
-    fast = LearntPace(2000.0)  # 0.5 ms
-    await fast.acquire()
-    due = fast._last + fast.interval
-    await fast.acquire()
-    assert loop_time() >= due
-    assert armed == []
+    for rate, early in ((50.0, 0.001), (2000.0, 0.00005)):  # 20 ms; 0.5 ms
+        armed.clear()
+        pace = LearntPace(rate)
+        await pace.acquire()
+        due = pace._last + pace.interval
+        await pace.acquire()
+        assert loop_time() >= due
+        assert all(delay <= pace.interval - early for delay in armed)
+        if rate == 50.0:
+            assert armed
+
+
+class _StillSelector(selectors.DefaultSelector):
+    """Never sleeps: moves a virtual clock forward by the timeout instead, and only then. A loop that
+    turns 100,000 times without getting anywhere is spinning: that ends the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1000.0
+        self.turns = 0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self.turns += 1
+        if self.turns > 100_000:
+            raise RuntimeError("the event loop is spinning: its clock never reaches the next timer")
+        if timeout:
+            self.now += timeout
+        return super().select(0)
+
+
+class _VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on virtual time, as time-travelling test loops have: its clock stands still while
+    the loop is busy, and jumps to the next timer when it would sleep."""
+
+    def __init__(self) -> None:
+        self._still = _StillSelector()
+        super().__init__(self._still)
+
+    def time(self) -> float:
+        return self._still.now
+
+
+def _on_virtual_time(main: Callable[[], Awaitable[T]]) -> T:
+    loop = _VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(main(), 60.0))  # virtual seconds
+    finally:
+        loop.close()
+
+
+def test_on_a_clock_that_stands_still_while_busy_the_pace_falls_back_to_its_timer() -> None:
+    """The last moment before a turn is spent yielding to the loop until the clock reaches it; a loop
+    whose clock only moves while it sleeps would never get there (it spun at 100% CPU), so the pace
+    sleeps the rest: every request leaves exactly when due."""
+
+    async def main() -> list[float]:
+        pace = LearntPace(80.0)
+        released = []
+        for _ in range(5):
+            await pace.acquire()
+            released.append(pace._last)
+        return released
+
+    released = _on_virtual_time(main)
+    assert [b - a for a, b in itertools.pairwise(released)] == pytest.approx([1 / 80] * 4)
+
+
+def test_a_request_that_comes_as_the_turn_passes_on_reads_the_clock_when_its_turn_comes() -> None:
+    """A request that calls acquire() just after one turn ended, before the next waiter has run, sees
+    the lock free but still queues: it must read the clock when its turn comes, not use the time it
+    came (it slept a whole interval too long, and everyone behind it with it)."""
+
+    async def main() -> list[tuple[str, float]]:
+        pace = LearntPace(50.0)  # 20 ms
+        log: list[tuple[str, float]] = []
+
+        async def first() -> None:
+            for _ in range(3):
+                await pace.acquire()
+                log.append(("first", pace._last))
+
+        async def second() -> None:
+            await asyncio.sleep(0.001)  # arrives while "first" waits for its second turn
+            await pace.acquire()
+            log.append(("second", pace._last))
+
+        await asyncio.gather(first(), second())
+        return log
+
+    log = _on_virtual_time(main)
+    assert [who for who, _ in log] == ["first", "first", "second", "first"]
+    times = [at for _, at in log]
+    assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx([0.02] * 3)
 
 
 @pytest.mark.anyio
