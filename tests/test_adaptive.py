@@ -612,7 +612,7 @@ def test_a_request_that_comes_as_the_turn_passes_on_reads_the_clock_when_its_tur
                 log.append(("first", pace._last))
 
         async def second() -> None:
-            await asyncio.sleep(0.001)  # arrives while "first" waits for its second turn
+            await asyncio.sleep(0.001)  # virtual time: arrives while "first" waits for its second turn
             await pace.acquire()
             log.append(("second", pace._last))
 
