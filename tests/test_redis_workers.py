@@ -77,9 +77,14 @@ async def test_four_workers_share_one_budget_and_one_token(redis_server: RedisSe
     assert len(lists) == 200 + len(retried)
     assert sum(r.is_rate_limited for r in lists) == 0
     assert sum(r["rate_limited"] for r in reports) == 0
-    # Arrivals lag their grants by scheduling delays on this 2-core machine (6 processes here): one
-    # budget interval (25 ms) of that is allowed for, so a late request is not counted twice.
-    assert busiest_second([r.at for r in lists], jitter=0.025) <= 42
+    # Counted where the budget acts: when each worker let a request go (the same wall clock for all).
+    # Arrivals at the fake server, in this process under coverage, also bunch behind its own stalls (46
+    # in a second once, in a full run beside another job). A send lags its grant by scheduling delays on
+    # this 2-core machine (6 processes here): one budget interval (25 ms) of that is allowed for, so a
+    # late request is not counted twice.
+    sent = [at for r in reports for at in r["sent"]]  # the auth request's too
+    assert len(sent) == len(lists) + fake.hits("POST", AUTH_PATH)
+    assert busiest_second(sent, jitter=0.025) <= 42
     assert fake.hits("POST", AUTH_PATH) == 1
     assert sum(r["auth_requests"] for r in reports) == 1
 
