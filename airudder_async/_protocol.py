@@ -304,6 +304,9 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
     Both forms are accepted: delay-seconds (`"120"`, `"1.5"`) and an HTTP date. Anything else, an
     infinite or NaN delay, and a date beyond what datetime can hold mean no usable header: `None`.
+    A date gives whole seconds, rounded up: its resolution is a second, so a fraction would only say
+    where in the current second the clock is, and adaptive pacing reads a sub-second wait as a token
+    bucket's time to its next token.
     """
     if value is None:
         return None
@@ -323,7 +326,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     now = now or datetime.now(UTC)
-    return max(0.0, (when - now).total_seconds())
+    return float(max(0, math.ceil((when - now).total_seconds())))
 
 
 def backoff_delay(policy: RetryPolicy, retry: int, *, rand: Callable[[], float] = random.random) -> float:

@@ -405,6 +405,16 @@ def test_retry_after_date_without_zone_is_utc() -> None:
     assert parse_retry_after("Wed, 02 Dec 2026 18:00:10 -0000", now=now) == 10.0
 
 
+def test_retry_after_date_counts_whole_seconds() -> None:
+    """An HTTP date has a resolution of a second: the wait until it is whole seconds, rounded up, never
+    a fraction that only says where in the current second the clock is (adaptive pacing would read a
+    sub-second wait as a token bucket's time to its next token)."""
+    now = datetime(2026, 12, 2, 18, 0, 0, 300_000, tzinfo=UTC)
+    assert parse_retry_after("Wed, 02 Dec 2026 18:00:01 GMT", now=now) == 1.0
+    assert parse_retry_after("Wed, 02 Dec 2026 18:00:10 GMT", now=now) == 10.0
+    assert parse_retry_after("Wed, 02 Dec 2026 18:00:00 GMT", now=now) == 0.0
+
+
 def test_auth_answer_without_a_token_is_a_decode_error() -> None:
     """An auth answer whose data has no usable token is a DecodeError naming `data.token`."""
     for data in ({}, {"token": ""}, {"token": 5}, [], None):
