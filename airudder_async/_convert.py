@@ -30,7 +30,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn
 
-from ._json import MAX_DEPTH, depth_exceeds
+from ._json import depth_exceeds
 from ._protocol import NotJSON, clip, decode_body, describe
 from ._time import format_time, parse_time
 from .errors import DecodeError
@@ -251,15 +251,17 @@ class PendingPage:
 
 # The fast decoder must never accept what `_json.loads()` + `interpret()` + `parse_page()` would not, nor
 # read a value differently. Where msgspec is more tolerant, a cheap scan of the body sends it to that
-# path. Digits map to 0 (and `[` to `{`, to count brackets once); then these show a lowercase `z` in a
-# time (fromisoformat refuses it), more than 6 fraction digits (msgspec rounds, fromisoformat
-# truncates), a `\\u00XX` escape below U+00A0 (which could spell either), or an integer longer than the
-# stdlib reads. Each needle is searched only when a one-byte probe of the body finds its rare byte:
-# short needles full of zeros are slow to find in a page of digits. A lowercase `t` separator needs no
+# path: a document nested deeper than `_json` reads, an integer longer than the stdlib reads
+# (`digit_run()`), and, with digits mapped to 0, a lowercase `z` in a time (fromisoformat refuses it),
+# more than 6 fraction digits (msgspec rounds, fromisoformat truncates), or a `\\u00XX` escape below
+# U+00A0 (which could spell either). Each of the last three is searched (in the mapped body, made for
+# it) only when a one-byte probe of the body finds its rare byte: a page of workflows has none, and
+# mapping and searching it cost more than the rest of the scan. A lowercase `t` separator needs no
 # check (it cost a third of the scan): fromisoformat (3.11+) takes any separator and reads such a time as
 # msgspec does, or msgspec refuses it (checked by fuzzing on 3.11-3.13 with msgspec 0.23; the property
 # test in tests/test_decode_paths.py keeps comparing both paths on generated times with `t`).
-_MAP = bytes.maketrans(b"123456789[", b"000000000{")
+_MAP = bytes.maketrans(b"123456789", b"000000000")
+_DIGITS = b"0123456789"
 _QUIRKS = ((b"z", b"0z"), (b".", b".0000000"), (b"\\", b"\\u000"))
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # orjson reads a larger integer as a float, which cattrs refuses
 _set_start, _set_end, _set_create = (
@@ -346,14 +348,35 @@ def _plain(body: bytes) -> bool:
             body.decode()  # msgspec skips unknown fields without checking their UTF-8
         except UnicodeDecodeError:
             return False
-    mapped = body.translate(_MAP)
     # msgspec's own depth bound is the interpreter's recursion limit: apply _json's first.
-    if mapped.count(b"{") > MAX_DEPTH and depth_exceeds(body):
+    if depth_exceeds(body):
         return False
-    if any(probe in body and needle in mapped for probe, needle in _QUIRKS):
-        return False
+    mapped = b""  # the digit-folded body, made only when a rare byte calls for a needle
+    for probe, needle in _QUIRKS:
+        if probe in body:
+            mapped = mapped or body.translate(_MAP)
+            if needle in mapped:
+                return False
     digits = sys.get_int_max_str_digits()  # the stdlib refuses longer integers; msgspec skips them
-    return not (digits and b"0" * (digits + 1) in mapped)
+    return not (digits and digit_run(body, digits + 1))
+
+
+def digit_run(data: bytes, length: int) -> bool:
+    """
+    Tell whether *data* holds *length* (at least 1) ASCII digits in a row.
+
+    Such a run covers one of the positions `length - 1`, `2 * length - 1`, ...: only the runs through
+    those are measured, each by stripping digits off a slice on either side, so a page costs a few
+    slices instead of a pass over every byte, and crafted input still costs one C-speed pass at most.
+    """
+    for at in range(length - 1, len(data), length):
+        if data[at] in _DIGITS:
+            before = data[max(0, at - length + 1) : at]
+            after = data[at : at + length]
+            run = len(before) - len(before.rstrip(_DIGITS)) + len(after) - len(after.lstrip(_DIGITS))
+            if run >= length:
+                return True
+    return False
 
 
 @functools.cache

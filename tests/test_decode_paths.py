@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airudder_async import _json
-from airudder_async._convert import DecodedPage, decode_page, parse_page, peek_page
+from airudder_async._convert import DecodedPage, decode_page, digit_run, parse_page, peek_page
 from airudder_async._protocol import interpret
 from airudder_async.errors import DecodeError
 from airudder_async.testing import FakeAirudder, make_workflows
@@ -366,3 +366,39 @@ def test_depth_exceeds_counts_brackets_first() -> None:
     """A document with no more opening brackets than the limit is never too deep, strings included."""
     assert _json.depth_exceeds(b'["[[[["]', 2) is False
     assert _json.depth_exceeds(b"[[[]]]", 2) is True
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.lists(st.sampled_from([b"0", b"7", b"9", b"x", b"[", b"{", b'"', b"/", b":"]), max_size=60).map(
+        b"".join
+    ),
+    length=st.integers(1, 12),
+)
+def test_digit_run_agrees_with_a_search_of_the_whole_body(data: bytes, length: int) -> None:
+    """Sampling every *length*-th byte finds a run of *length* digits exactly when a full search does."""
+    naive = b"0" * length in data.translate(bytes.maketrans(b"123456789", b"000000000"))
+    assert digit_run(data, length) is naive
+
+
+@pytest.mark.parametrize(
+    ("data", "found"),
+    [
+        (b"1234", True),  # the whole body, from its first byte to its last
+        (b"x1234", True),
+        (b"1234x", True),
+        (b"123x4", False),
+        (b"12/34", False),  # "/" and ":" sit on either side of the digits in ASCII
+        (b"12:34", False),
+        (b"", False),
+    ],
+)
+def test_digit_run_edges(data: bytes, found: bool) -> None:
+    """Runs at either end of the body count; the bytes next to the digits in ASCII do not."""
+    assert digit_run(data, 4) is found
+
+
+@given(st.binary(max_size=80))
+def test_openings_counts_both_brackets(data: bytes) -> None:
+    """The memchr count of opening brackets equals a plain count."""
+    assert _json.openings(data) == data.count(b"[") + data.count(b"{")
