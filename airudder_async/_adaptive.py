@@ -7,10 +7,12 @@ its in-flight window one answer at a time, a slow start). From a 429 on, the all
 CUBIC-like curve:
 
 - **cut** on a 429 to a request sent at the current pace (one sent before the last cut says nothing
-  new): the level where refusals began, `peak`, is the smaller of the current rate and the rate the
-  server was admitting (measured since refusals began, or over the last `window` seconds), and with a
-  `Retry-After` shorter than the pace's interval at most 1 / (retry_after + interval), the most a
-  token bucket could refill; the rate drops to `beta * peak`. The first 429 of all sets the peak to
+  new): the level where refusals began, `peak`, is the current rate, or the rate the server was
+  admitting (measured since the last cut, or over the last `window` seconds) when that is clearly less
+  than the pace allowed, and with a `Retry-After` shorter than the pace's interval at most
+  1 / (retry_after + interval), the most a token bucket could refill (unless it is within the timing
+  noise of a busy host, a couple of milliseconds, at a pace where that is a sizeable part of the
+  interval); the rate drops to `beta * peak`. The first 429 of all sets the peak to
   what the server admitted lately, or with too little measured restarts a fast climb: from a low
   rate, or from where a sub-second `Retry-After` puts the limit;
 - **grow** back while answers are clean, latency is flat and the budget is what holds requests back
@@ -42,6 +44,9 @@ _PRIOR_KEEP = 60.0  # a remembered level refused this long (s) after it was last
 _ESCAPE = 5.0  # seconds past the peak without a refusal before the climb turns fast again
 _HINT = 1.0  # a Retry-After this long or longer (whole seconds) says nothing about the rate
 _RESTART = 1.0  # requests per second after a refusal with nothing measured behind it
+_SATURATED = 0.9  # admitted below this share of what the pace allowed since a cut: the server held it
+_NOISE = 0.002  # seconds a busy host's scheduling can bunch or stretch requests on their way (stalls)
+_NOISE_SHARE = 0.05  # a Retry-After within _NOISE bounds nothing where _NOISE is this much of an interval
 
 
 class RateController:
@@ -86,6 +91,7 @@ class RateController:
         self._latency = 0.0  # smoothed
         self._starting = False  # the last cut had too little evidence: grow exponentially
         self._since_cut = 0  # admitted answers since the last cut
+        self._allowed = 0.0  # requests the pace allowed since the last cut (its rate over time)
         self._admitted_sent = -math.inf  # when the last request the server admitted was sent
         self._answered = 0  # answers of either kind
         self._first_sent = math.inf  # when the earliest request answered was sent
@@ -124,6 +130,7 @@ class RateController:
             return
         elapsed = now - self._updated  # a rate exists only after a cut, which set _updated
         self._updated = now
+        self._allowed += self.rate * elapsed
         if trend == "rising":
             self._cut(self.rate, now)
             return
@@ -178,11 +185,15 @@ class RateController:
         else:
             # The pace at a refusal is the level that proved too much (TCP CUBIC's W_max); when a
             # pace set by a cut is refused too, what the server admitted since that cut measures its
-            # limit directly (it has been saturated all along).
+            # limit directly (it has been saturated all along). Only then: where the server admitted
+            # about all the pace allowed, the pace set the rate, and what was admitted is the pace's
+            # own climb (on a busy host a stall bunches two requests into a 429 at any pace, and
+            # reading the climb as the limit cut lower at each one, down to 0.6 of it at 80/s).
             level = self.rate
             sustained = self._since_cut >= _EVIDENCE
             elapsed = now - self.cut_at
-            if sustained and not self._starting and elapsed > 0:
+            saturated = self._since_cut < _SATURATED * self._allowed
+            if sustained and not self._starting and elapsed > 0 and saturated:
                 measured = self._since_cut / elapsed
                 if elapsed > self.window:
                     # Averaged since the cut, the climb back drags the measure below the limit (a
@@ -195,7 +206,7 @@ class RateController:
             # climb is one more request per second per answer: at 5/s that overshoots in a second).
             hinted, self._start_bound = self._start_bound < math.inf, math.inf
             self._starting = self._starting and not sustained and not hinted
-            if retry_after is not None and 0.0 < retry_after < 1.0 / self.rate:
+            if retry_after is not None and 0.0 < retry_after < 1.0 / self.rate and self._informs(retry_after):
                 # A bucket that refuses a request 1/rate after the last one it let through, and
                 # frees a token retry_after later, refills at most 1 / (retry_after + 1/rate): cut
                 # there at once (a halved limit in one cut, not four). With retry_after under the
@@ -212,6 +223,16 @@ class RateController:
                 level = min(level, 1.0 / (retry_after + spacing))
         self._cut(level, now)
         return True
+
+    def _informs(self, retry_after: float) -> bool:
+        """
+        Tell whether a sub-interval *retry_after* says more than timing noise: not when it is within
+        `_NOISE` and that noise is a sizeable part of the pace's interval. At 80/s a 1 ms Retry-After
+        to a request sent 15 ms after the last one only says a stall brought the two closer than
+        12.5 ms; read as a token's wait it put the limit at 62/s, and each such 429 cut lower.
+        """
+        assert self.rate is not None
+        return retry_after > _NOISE or _NOISE_SHARE / self.rate > _NOISE  # the interval is long
 
     def _first_bound(self, sent_at: float, now: float, retry_after: float | None) -> float:
         """
@@ -263,6 +284,7 @@ class RateController:
         self._probe = min(self.max_probe, max(self.min_probe, self.requests_per_cycle / self.peak))
         self._grown = 0.0
         self._since_cut = 0
+        self._allowed = 0.0
         self.cut_at = now
         self._updated = now
         self._bound = False

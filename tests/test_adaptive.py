@@ -364,6 +364,72 @@ def test_a_refusal_answered_after_a_later_admitted_request_reads_the_interval() 
     assert ctl.peak == pytest.approx(1.0 / (1.9 * interval))
 
 
+def _climbed_back_to_78() -> tuple[RateController, float]:
+    """A controller cut at an 80/s limit, then answered at its own pace until it is back at 78/s."""
+    ctl = RateController()
+    now = steady(ctl, 0.0, 80.0, 3.0)
+    ctl.refused(now - LATENCY, now)  # a first cut: peak 80, pace 68
+    while ctl.rate is not None and ctl.rate < 78.0:  # the server admits every request the pace lets go
+        now += 1.0 / ctl.rate
+        ctl.held()
+        ctl.admitted(now, LATENCY)
+    return ctl, now
+
+
+def test_a_refusal_after_a_clean_climb_cuts_from_the_pace_not_from_what_the_climb_admitted() -> None:
+    """
+    Where the server admitted every request the pace let go since the last cut, the pace set the rate:
+    what was admitted is the climb itself, below the pace, and says nothing about the limit. A 429 then
+    (a stall bunched two requests, say) cuts from the pace. Read as the limit, the climb's average cut
+    lower at each such 429, down to 0.6 of an 80/s limit on a busy host.
+    """
+    ctl, now = _climbed_back_to_78()
+    pace = ctl.rate
+    assert pace is not None
+    ctl.refused(now, now + LATENCY)
+    assert ctl.peak == pytest.approx(pace)
+    assert ctl.rate == pytest.approx(0.85 * pace)
+
+
+def test_a_refusal_when_the_server_admitted_less_than_the_pace_allowed_cuts_to_what_it_admitted() -> None:
+    """The other side of the rule above: a server that let through only part of the pace held it."""
+    ctl = RateController()
+    now = steady(ctl, 0.0, 80.0, 3.0)
+    ctl.refused(now - LATENCY, now)  # pace 68
+    now = steady(ctl, now, 40.0, 3.0)  # the pace binds, but only 40/s come back admitted
+    ctl.refused(now, now + LATENCY)
+    assert ctl.peak == pytest.approx(40.0, rel=0.05)
+
+
+def test_a_retry_after_within_timing_noise_bounds_nothing_at_a_fast_pace() -> None:
+    """
+    At 78/s a 429 with a 1 ms Retry-After to a request sent 15 ms after the last admitted one only says
+    that a stall of the host brought the two closer than the limit's interval: read as a token bucket's
+    wait it would put the limit at 1 / 16 ms (62/s). A 1 ms Retry-After at 5/s still bounds the limit,
+    and at 78/s a Retry-After longer than the noise (a halved limit) still does.
+    """
+    fast, now = _climbed_back_to_78()
+    pace = fast.rate
+    assert pace is not None
+    fast.admitted(now + LATENCY, LATENCY)  # sent at now, admitted
+    fast.refused(now + 0.015, now + 0.015 + LATENCY, retry_after=0.001)
+    assert fast.peak == pytest.approx(pace)
+
+    halved, now = _climbed_back_to_78()
+    halved.admitted(now + LATENCY, LATENCY)
+    halved.refused(now + 0.012, now + 0.012 + LATENCY, retry_after=0.012)  # limit at most 1 / 24 ms
+    assert halved.peak == pytest.approx(1.0 / 0.024)
+
+    slow = RateController()
+    now = steady(slow, 0.0, 5.0, 10.0)
+    slow.refused(now - LATENCY, now)  # pace 4.25
+    rate = slow.rate
+    assert rate is not None
+    slow.admitted(now + LATENCY, LATENCY)  # sent at now, admitted
+    slow.refused(now + 1.0 / rate, now + 1.0 / rate + LATENCY, retry_after=0.001)  # one interval on
+    assert slow.peak == pytest.approx(1.0 / (0.001 + 1.0 / rate))
+
+
 def test_a_first_refusal_hint_never_starts_below_the_restart_or_above_the_answers_pace() -> None:
     """
     The hint only moves where the fast climb starts: a 429 answered before the admitted requests sent
