@@ -26,7 +26,8 @@ CUBIC-like curve:
   refusal on the way, until one comes a minute after that level was last admitted.
 
 The time to climb back to `peak` is chosen so that one cycle spends about `requests_per_cycle`
-requests, which bounds the share of 429s near `1 / requests_per_cycle` whatever the limit is.
+requests, which bounds the share of 429s near `1 / requests_per_cycle` whatever the limit is (on a
+busy host, where stalls bunch requests into extra 429s at fast paces, up to about twice that).
 """
 
 from __future__ import annotations
@@ -91,7 +92,10 @@ class RateController:
         self._latency = 0.0  # smoothed
         self._starting = False  # the last cut had too little evidence: grow exponentially
         self._since_cut = 0  # admitted answers since the last cut
-        self._allowed = 0.0  # requests the pace allowed since the last cut (its rate over time)
+        # Requests the pace allowed since the last cut (its rate over the time answers came), and the
+        # admitted ones among them; both start afresh after a pause (no answer for `window` seconds
+        # and two intervals).
+        self._allowed = self._taken = 0.0
         self._admitted_sent = -math.inf  # when the last request the server admitted was sent
         self._answered = 0  # answers of either kind
         self._first_sent = math.inf  # when the earliest request answered was sent
@@ -130,7 +134,13 @@ class RateController:
             return
         elapsed = now - self._updated  # a rate exists only after a cut, which set _updated
         self._updated = now
+        if elapsed > max(self.window, 2.0 / self.rate):
+            # Nothing answered for a while (between two walks, say): that pause is neither growth
+            # nor requests the pace allowed, and the measure starts afresh.
+            elapsed = 0.0
+            self._allowed = self._taken = 0.0
         self._allowed += self.rate * elapsed
+        self._taken += 1.0
         if trend == "rising":
             self._cut(self.rate, now)
             return
@@ -192,7 +202,7 @@ class RateController:
             level = self.rate
             sustained = self._since_cut >= _EVIDENCE
             elapsed = now - self.cut_at
-            saturated = self._since_cut < _SATURATED * self._allowed
+            saturated = self._taken < _SATURATED * self._allowed
             if sustained and not self._starting and elapsed > 0 and saturated:
                 measured = self._since_cut / elapsed
                 if elapsed > self.window:
@@ -230,6 +240,8 @@ class RateController:
         `_NOISE` and that noise is a sizeable part of the pace's interval. At 80/s a 1 ms Retry-After
         to a request sent 15 ms after the last one only says a stall brought the two closer than
         12.5 ms; read as a token's wait it put the limit at 62/s, and each such 429 cut lower.
+        From 500/s up every sub-interval Retry-After is within the noise, so none bounds the limit
+        there: the cut reads the pace and what the server admitted.
         """
         assert self.rate is not None
         return retry_after > _NOISE or _NOISE_SHARE / self.rate > _NOISE  # the interval is long
@@ -284,7 +296,7 @@ class RateController:
         self._probe = min(self.max_probe, max(self.min_probe, self.requests_per_cycle / self.peak))
         self._grown = 0.0
         self._since_cut = 0
-        self._allowed = 0.0
+        self._allowed = self._taken = 0.0
         self.cut_at = now
         self._updated = now
         self._bound = False

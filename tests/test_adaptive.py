@@ -391,6 +391,44 @@ def test_a_refusal_after_a_clean_climb_cuts_from_the_pace_not_from_what_the_clim
     assert ctl.rate == pytest.approx(0.85 * pace)
 
 
+def test_a_pause_between_walks_is_neither_growth_nor_allowed_requests() -> None:
+    """
+    Between two walks of one client nothing is sent. The first answer after the pause does not grow
+    the rate by the whole pause (30 s on the cubic curve put 78/s at 10,000/s), and the pause is not
+    requests the pace allowed and the server did not admit: a 429 soon after the next walk starts
+    still cuts from the pace.
+    """
+    ctl, now = _climbed_back_to_78()
+    now += 30.0  # idle
+    pace = ctl.rate
+    assert pace is not None
+    for _ in range(round(0.3 * pace)):  # the next walk, every request admitted at the pace
+        now += 1.0 / pace
+        ctl.held()
+        ctl.admitted(now, LATENCY)
+    rate = ctl.rate
+    assert rate is not None
+    assert rate < 1.05 * pace
+    ctl.refused(now, now + LATENCY)
+    assert ctl.peak == pytest.approx(rate)
+
+
+def test_a_pace_slower_than_the_pause_window_still_grows() -> None:
+    """At 0.4 requests/s the answers come 2.5 s apart, longer than `window`: that is the pace, not a pause."""
+    ctl = RateController(window=20.0)  # long enough to measure 0.5/s at the first refusal
+    now = steady(ctl, 0.0, 0.5, 20.0)
+    ctl.refused(now - LATENCY, now)  # pace 0.425/s, on the cubic curve
+    ctl.window = 2.0
+    start = ctl.rate
+    assert start is not None
+    for _ in range(20):
+        assert ctl.rate is not None
+        now += 1.0 / ctl.rate
+        ctl.held()
+        ctl.admitted(now, LATENCY)
+    assert ctl.rate > start
+
+
 def test_a_refusal_when_the_server_admitted_less_than_the_pace_allowed_cuts_to_what_it_admitted() -> None:
     """The other side of the rule above: a server that let through only part of the pace held it."""
     ctl = RateController()
