@@ -23,6 +23,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from cattrs.preconf.json import make_converter
 from cattrs.v import format_exception
 
+from ._json import openings
 from .errors import DecodeError
 
 __all__ = [
@@ -487,7 +488,7 @@ def _check_shape(text: bytes, limits: WebhookLimits) -> None:
     Values are counted as the containers plus the commas between values: at least the real count of
     array entries and object members, and exact for bodies without empty containers.
     """
-    opens = text.count(b"[") + text.count(b"{")
+    opens = openings(text)
     commas = text.count(b",")
     # Counted with any bracket or comma inside strings, these are upper bounds: small bodies stop here.
     if opens <= limits.max_depth and opens + commas <= limits.max_items:
@@ -500,7 +501,7 @@ def _check_shape(text: bytes, limits: WebhookLimits) -> None:
     if unescaped.count(b'"') // 2 > 2 * limits.max_items:
         raise DecodeError(too_many, field_path=_BODY)
     outside = b"".join(unescaped.split(b'"')[::2])
-    opens = outside.count(b"[") + outside.count(b"{")
+    opens = openings(outside)
     if opens + outside.count(b",") > limits.max_items:
         raise DecodeError(too_many, field_path=_BODY)
     if opens > limits.max_depth and _nesting(outside.translate(None, _NOT_BRACKETS)) > limits.max_depth:
