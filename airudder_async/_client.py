@@ -37,18 +37,10 @@ from ._protocol import RAW_DEPTH, Response
 from ._session import SendLoop
 from ._time import format_time
 from .errors import DecodeError
-from .models import (
-    ClientStats,
-    CreatedWorkflow,
-    Cursor,
-    Page,
-    RequestEvent,
-    TaskDetail,
-    Workflow,
-    WorkflowMatches,
-)
+from .models import ClientStats, Cursor, Page, RequestEvent, Workflow
 
 if TYPE_CHECKING:  # a type only (in ClientOptions too): imported when a coordination is used
+    from ._answers import CreatedWorkflow, TaskDetail, WorkflowMatches
     from .coordination import Coordination
 
 __all__ = ["INSTANCELIST_PATH", "AirudderClient"]
@@ -573,6 +565,8 @@ class AirudderClient:
             json=_merge_extra(body, extra),
             idempotent=True if retry_unsafe else None,
         )
+        from ._answers import CreatedWorkflow  # loaded on first use (see models)
+
         return CreatedWorkflow(workflow_id=str_or_none(data, "workflow_id"), data=data)
 
     async def find_workflows(
@@ -602,6 +596,8 @@ class AirudderClient:
             body["callee"] = _check_e164("callee", callee)
         # A lookup changes nothing, so it is safe to retry.
         data = await self.request("POST", DETAILINSTANCES_PATH, json=body, idempotent=True)
+        from ._answers import WorkflowMatches  # loaded on first use (see models)
+
         return WorkflowMatches(workflow_ids=ids_in(data), data=data)
 
     async def verify_api_notice(
@@ -632,6 +628,8 @@ class AirudderClient:
             raise ValueError("fields must be a non-empty mapping of the request's fields")
         data = await self.request("POST", TASKDETAIL_PATH, json=dict(fields), idempotent=idempotent)
         records = rows(data, whole=False)
+        from ._answers import TaskDetail  # loaded on first use (see models)
+
         return TaskDetail(
             workflow_id=str_or_none(data, "workflow_id"),
             workflow_name=str_or_none(data, "workflow_name"),

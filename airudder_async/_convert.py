@@ -24,7 +24,7 @@ import functools
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, NamedTuple, TypeVar, get_args
 
 import attrs
 import cattrs
@@ -37,7 +37,6 @@ from .errors import DecodeError
 from .models import Workflow
 
 __all__ = [
-    "DecodedPage",
     "PendingPage",
     "converter",
     "decode_page",
@@ -80,7 +79,7 @@ def converter() -> cattrs.Converter:
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(int, _strict_int)
     conv.register_unstructure_hook(datetime, format_time)
-    conv.register_structure_hook(Workflow, lambda d, _t: _fast[Workflow](d))
+    conv.register_structure_hook(Workflow, lambda d, _t: _fast_for(Workflow)(d))
     return conv
 
 
@@ -152,7 +151,17 @@ def _fast_hook(cls: Any) -> Callable[[Any], Any]:
     return fn
 
 
-_fast: dict[type[Any], Callable[[Any], Any]] = {Workflow: _fast_hook(Workflow)}
+_fast: dict[type[Any], Callable[[Any], Any]] = {}
+
+
+def _fast_for(cls: Any) -> Callable[[Any], Any]:
+    """*cls*'s fast structure function, generated on first use (about 1 ms an import would pay)."""
+    fast = _fast.get(cls)
+    if fast is None:
+        fast = _fast[cls] = _fast_hook(cls)
+    return fast
+
+
 _detailed: dict[type[Any], Callable[[Any, Any], Any]] = {}
 
 
@@ -186,7 +195,7 @@ def structure_items(cls: type[T], items: object, path: str) -> list[T]:
     """
     if not isinstance(items, list):
         raise DecodeError(f"{path} is not a list: {type(items).__name__}", field_path=path)
-    fast = _fast[cls]
+    fast = _fast_for(cls)
     try:
         return [fast(item) for item in items]
     except (TypeError, ValueError, KeyError, AttributeError):
@@ -227,16 +236,9 @@ def parse_page(data: object) -> tuple[list[Workflow], int]:
     return structure_items(Workflow, lists, "data.lists"), count
 
 
-@attrs.frozen
-class DecodedPage:
-    """An instancelist answer that `decode_page()` turned into models: its workflows and `data.count`."""
-
-    items: list[Workflow]
-    count: int
-
-
-@attrs.frozen(repr=False)
-class PendingPage:
+# A NamedTuple, not an attrs class: it is internal, and an attrs class costs about 1 ms of import (its
+# generated methods are compiled when the module loads).
+class PendingPage(NamedTuple):
     """
     An instancelist answer whose envelope msgspec read as a success (`peek_page()`); its `data` is
     decoded later, by `parse_page()`.
@@ -292,14 +294,13 @@ def peek_page(body: bytes) -> PendingPage | None:
     return PendingPage(body, envelope.data)
 
 
-def decode_page(body: bytes) -> DecodedPage | None:
+def decode_page(body: bytes) -> tuple[list[Workflow], int] | None:
     """
-    Decode an instancelist answer body straight into the models (`peek_page()` and the msgspec half of
-    `parse_page()`), or return None where the walk would take the reference path.
+    Decode an instancelist answer body straight into (workflows, `data.count`) (`peek_page()` and the
+    msgspec half of `parse_page()`), or return None where the walk would take the reference path.
     """
     page = peek_page(body)
-    decoded = None if page is None else _decoded(page)
-    return None if decoded is None else DecodedPage(*decoded)
+    return None if page is None else _decoded(page)
 
 
 def _finish(page: PendingPage) -> tuple[list[Workflow], int]:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import aiohttp
 import anyio
-import anyio.lowlevel
-import attrs
 
 from . import _json
 from ._auth import TokenCache, token_fetcher
@@ -51,9 +49,13 @@ __all__ = ["SendLoop"]
 logger = logging.getLogger("airudder_async")
 
 
-@attrs.frozen
-class _Call:
-    """One logical call, prepared once: what each attempt sends and how the loop may retry it."""
+class _Call(NamedTuple):
+    """
+    One logical call, prepared once: what each attempt sends and how the loop may retry it.
+
+    A NamedTuple, not an attrs class: it is internal, and an attrs class costs about 1 ms of import
+    (its generated methods are compiled when the module loads).
+    """
 
     method: str
     path: str
@@ -116,6 +118,10 @@ class SendLoop:
         )
         self.counters = _Counters()
         self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        # anyio.lowlevel loads anyio's event-loop core (2-3 ms); a client pays it, `import` does not.
+        from anyio.lowlevel import checkpoint_if_cancelled
+
+        self._checkpoint_if_cancelled = checkpoint_if_cancelled
 
     def __repr__(self) -> str:
         return f"<SendLoop {self.base_url}>"
@@ -283,7 +289,7 @@ class SendLoop:
         try:
             # A call cancelled while it queued must not reach the wire (aiohttp may write before it
             # first suspends, so cancellation would only land after the request went out).
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            await self._checkpoint_if_cancelled()
             self.counters.requests += 1
             self._emit("request", call, attempt)
             started = loop_time()

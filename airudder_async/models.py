@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import attrs
 
 from ._time import format_time, parse_time
+
+if TYPE_CHECKING:
+    from ._answers import CreatedWorkflow, TaskDetail, WorkflowMatches
 
 __all__ = [
     "ClientStats",
@@ -248,45 +251,20 @@ class RequestEvent:
     pacing_rate: float | None = None
 
 
-@attrs.frozen(kw_only=True)
-class CreatedWorkflow:
-    """
-    The answer to `create_workflow()`: *workflow_id* when the answer names one, and the whole *data*.
-
-    The vendor does not document this answer; `workflow_id` is read from `data.workflow_id` (a guess),
-    and *data* keeps everything it held.
-    """
-
-    workflow_id: str | None
-    data: object
+# The answers of the three rarely used calls load on first use: each attrs class costs about 1 ms of
+# import (its generated methods are compiled when it is defined).
+_LAZY = frozenset({"CreatedWorkflow", "TaskDetail", "WorkflowMatches"})
 
 
-@attrs.frozen(kw_only=True)
-class WorkflowMatches:
-    """
-    The answer to `find_workflows()` (detailinstances): the workflow ids found, and the whole *data*.
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import _answers
 
-    The answer's shape is undocumented: ids are collected from objects with a `workflow_id` in `data`,
-    `data.lists` or `data.list` (a guess); *data* keeps everything.
-    """
-
-    workflow_ids: tuple[str, ...]
-    data: object
+    value = getattr(_answers, name)
+    globals()[name] = value
+    return value
 
 
-@attrs.frozen(kw_only=True)
-class TaskDetail:
-    """
-    The answer to `get_task_detail()` (taskdetail): the documented names, per-call *records*, and *data*.
-
-    Any field may be missing (`None`) because the vendor documents names but not the shape; *data* keeps
-    the whole answer.
-    """
-
-    workflow_id: str | None
-    workflow_name: str | None
-    nodetask_id: str | None
-    nodetask_name: str | None
-    case_id: str | None
-    records: tuple[Mapping[str, object], ...]
-    data: object
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -11,14 +11,13 @@ import sys
 import textwrap
 from datetime import UTC, datetime
 
-import attrs
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airudder_async import _json
-from airudder_async._convert import DecodedPage, decode_page, digit_run, parse_page, peek_page
+from airudder_async._convert import decode_page, digit_run, parse_page, peek_page
 from airudder_async._protocol import interpret
 from airudder_async.errors import DecodeError
 from airudder_async.testing import FakeAirudder, make_workflows
@@ -79,11 +78,12 @@ def test_vendor_shapes_take_the_fast_path() -> None:
     page = decode_page(body)
     assert page is not None
     assert client_path(body) == reference(body)
-    assert page.count == 7
-    assert page.items[0].create_time == datetime(2022, 10, 9, 7, 2, 40, tzinfo=UTC)
-    assert page.items[0].create_time.tzinfo is UTC
-    assert page.items[1].start_time is None
-    assert parse_page(peek_page(body)) == (page.items, 7)
+    items, count = page
+    assert count == 7
+    assert items[0].create_time == datetime(2022, 10, 9, 7, 2, 40, tzinfo=UTC)
+    assert items[0].create_time.tzinfo is UTC
+    assert items[1].start_time is None
+    assert parse_page(peek_page(body)) == (items, 7)
 
 
 def test_a_lowercase_t_separator_takes_the_fast_path() -> None:
@@ -175,9 +175,8 @@ def test_a_pending_page_the_reference_cannot_read_is_a_clean_decode_error() -> N
     page = peek_page(encode(envelope([ROW])))
     assert page is not None
     # Never made by peek_page(): a body the reference cannot read, with data msgspec refuses.
-    broken = attrs.evolve(
-        page, body=b'{"code": 200, "status": "OK", "data": ', data=msgspec.Raw(b'{"count": "7"}')
-    )
+    body = b'{"code": 200, "status": "OK", "data": '
+    broken = page._replace(body=body, data=msgspec.Raw(b'{"count": "7"}'))
     with pytest.raises(DecodeError, match="not JSON") as info:
         parse_page(broken)
     assert info.value.__cause__ is None
@@ -198,7 +197,7 @@ def test_unlimited_int_digits_skip_that_check() -> None:
     sys.set_int_max_str_digits(0)
     try:
         body = b'{"code":200,"status":"OK","data":{"count":1,"lists":[]},"x":' + b"1" * 5000 + b"}"
-        assert decode_page(body) == DecodedPage([], 1)
+        assert decode_page(body) == ([], 1)
     finally:
         sys.set_int_max_str_digits(before)
 

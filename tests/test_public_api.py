@@ -217,6 +217,44 @@ def test_lazy_names_are_listed_and_cached() -> None:
         airudder_async.NoSuchName  # noqa: B018 - the access is the test
 
 
+def test_importing_the_client_defers_what_only_some_calls_need() -> None:
+    """
+    `from airudder_async import AirudderClient` defines neither the three rarely used answer models nor
+    the Workflow fast hook, and loads no anyio.lowlevel: each costs import time (benchmarks/run.py).
+    A client loads what it uses, and the models load on first access.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, asyncio\n"
+        "from airudder_async import AirudderClient\n"
+        "from airudder_async import _convert\n"
+        "assert 'airudder_async._answers' not in sys.modules\n"
+        "assert 'anyio.lowlevel' not in sys.modules\n"
+        "assert _convert._fast == {}\n"
+        "async def main():\n"
+        "    async with AirudderClient(app_key='k', app_secret='s'):\n"
+        "        assert 'anyio.lowlevel' in sys.modules\n"
+        "asyncio.run(main())\n"
+        "from airudder_async.models import TaskDetail\n"
+        "assert 'airudder_async._answers' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_lazy_models_are_listed_and_cached() -> None:
+    """`dir(models)` lists the lazily defined answers; the first access caches them; others still fail."""
+    from airudder_async import models
+
+    assert {"CreatedWorkflow", "TaskDetail", "WorkflowMatches"} <= set(dir(models))
+    first = models.TaskDetail
+    assert vars(models)["TaskDetail"] is first
+    with pytest.raises(AttributeError, match="NoSuchModel"):
+        models.NoSuchModel  # type: ignore[attr-defined]  # noqa: B018 - the access is the test
+
+
 def test_redis_is_imported_only_by_its_module() -> None:
     """A client, even with a MemoryCoordination, never imports redis; airudder_async.redis does."""
     import subprocess
