@@ -57,3 +57,10 @@ class TaskDetail:
     case_id: str | None
     records: tuple[Mapping[str, object], ...]
     data: object
+
+
+# Their public home: pickles and reprs name `airudder_async.models` (which loads them on access), so a
+# pickle does not depend on this private module, and reads the same as before the move.
+for _cls in (CreatedWorkflow, TaskDetail, WorkflowMatches):
+    _cls.__module__ = "airudder_async.models"
+del _cls

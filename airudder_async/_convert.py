@@ -157,8 +157,8 @@ _fast: dict[type[Any], Callable[[Any], Any]] = {}
 def _fast_for(cls: Any) -> Callable[[Any], Any]:
     """*cls*'s fast structure function, generated on first use (about 1 ms an import would pay)."""
     fast = _fast.get(cls)
-    if fast is None:
-        fast = _fast[cls] = _fast_hook(cls)
+    if fast is None:  # two threads may both build one; both work, and the first stored is kept
+        fast = _fast.setdefault(cls, _fast_hook(cls))
     return fast
 
 

@@ -255,6 +255,31 @@ def test_lazy_models_are_listed_and_cached() -> None:
         models.NoSuchModel  # type: ignore[attr-defined]  # noqa: B018 - the access is the test
 
 
+def test_lazy_models_pickle_under_their_public_module() -> None:
+    """A lazily defined answer pickles as `airudder_async.models.X`, so a pickle outlives the layout."""
+    import pickle
+    import typing
+
+    from airudder_async import models
+
+    detail = models.TaskDetail(
+        workflow_id="w",
+        workflow_name=None,
+        nodetask_id=None,
+        nodetask_name=None,
+        case_id=None,
+        records=({"a": 1},),
+        data={"workflow_id": "w"},
+    )
+    blob = pickle.dumps(detail)
+    assert b"airudder_async.models" in blob
+    assert b"_answers" not in blob
+    assert pickle.loads(blob) == detail
+    for cls in (models.CreatedWorkflow, models.TaskDetail, models.WorkflowMatches):
+        assert cls.__module__ == "airudder_async.models"
+        assert typing.get_type_hints(cls)  # the names in its annotations resolve in that module
+
+
 def test_redis_is_imported_only_by_its_module() -> None:
     """A client, even with a MemoryCoordination, never imports redis; airudder_async.redis does."""
     import subprocess
