@@ -37,10 +37,10 @@ from ._protocol import RAW_DEPTH, Response
 from ._session import SendLoop
 from ._time import format_time
 from .errors import DecodeError
-from .models import ClientStats, Cursor, Page, RequestEvent, Workflow
+from .models import Cursor, Page, Workflow
 
 if TYPE_CHECKING:  # a type only (in ClientOptions too): imported when a coordination is used
-    from ._answers import CreatedWorkflow, TaskDetail, WorkflowMatches
+    from ._lazy_models import ClientStats, CreatedWorkflow, RequestEvent, TaskDetail, WorkflowMatches
     from .coordination import Coordination
 
 __all__ = ["INSTANCELIST_PATH", "AirudderClient"]
@@ -370,6 +370,8 @@ class AirudderClient:
         A snapshot of the counters: requests, retries by reason, 429s, budget waits, token refreshes.
         """
         if self._loop is None:
+            from ._lazy_models import ClientStats  # loaded on first use (see models)
+
             return ClientStats()
         return self._loop.stats()
 
@@ -565,7 +567,7 @@ class AirudderClient:
             json=_merge_extra(body, extra),
             idempotent=True if retry_unsafe else None,
         )
-        from ._answers import CreatedWorkflow  # loaded on first use (see models)
+        from ._lazy_models import CreatedWorkflow  # loaded on first use (see models)
 
         return CreatedWorkflow(workflow_id=str_or_none(data, "workflow_id"), data=data)
 
@@ -596,7 +598,7 @@ class AirudderClient:
             body["callee"] = _check_e164("callee", callee)
         # A lookup changes nothing, so it is safe to retry.
         data = await self.request("POST", DETAILINSTANCES_PATH, json=body, idempotent=True)
-        from ._answers import WorkflowMatches  # loaded on first use (see models)
+        from ._lazy_models import WorkflowMatches  # loaded on first use (see models)
 
         return WorkflowMatches(workflow_ids=ids_in(data), data=data)
 
@@ -628,7 +630,7 @@ class AirudderClient:
             raise ValueError("fields must be a non-empty mapping of the request's fields")
         data = await self.request("POST", TASKDETAIL_PATH, json=dict(fields), idempotent=idempotent)
         records = rows(data, whole=False)
-        from ._answers import TaskDetail  # loaded on first use (see models)
+        from ._lazy_models import TaskDetail  # loaded on first use (see models)
 
         return TaskDetail(
             workflow_id=str_or_none(data, "workflow_id"),

@@ -39,9 +39,9 @@ from .errors import (
     ResponseTooLargeError,
     TransportError,
 )
-from .models import ClientStats, RequestEvent
 
-if TYPE_CHECKING:  # a type only: the protocols are imported when a coordination is used
+if TYPE_CHECKING:  # types only: loaded on first use (see models), and with a coordination
+    from ._lazy_models import ClientStats, RequestEvent
     from .coordination import Coordination
 
 __all__ = ["SendLoop"]
@@ -131,6 +131,8 @@ class SendLoop:
         return (self._app_secret, self.auth.token, used)
 
     def stats(self) -> ClientStats:
+        from ._lazy_models import ClientStats  # loaded on first use (see models)
+
         c = self.counters
         return ClientStats(
             requests=c.requests,
@@ -159,6 +161,8 @@ class SendLoop:
     ) -> None:
         if self.event_hook is None:
             return
+        from ._lazy_models import RequestEvent  # loaded on first use (see models)
+
         event = RequestEvent(
             kind=kind,
             method=call.method,

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import attrs
 
 from ._time import format_time, parse_time
 
 if TYPE_CHECKING:
-    from ._answers import CreatedWorkflow, TaskDetail, WorkflowMatches
+    from ._lazy_models import ClientStats, CreatedWorkflow, RequestEvent, TaskDetail, WorkflowMatches
 
 __all__ = [
     "ClientStats",
@@ -199,69 +199,18 @@ def _parse_opt(value: object) -> datetime | None:
     return None if value is None else parse_time(value, assume_utc=False)
 
 
-@attrs.frozen(kw_only=True)
-class ClientStats:
-    """
-    A snapshot of a client's counters since it was created; times are in seconds.
-
-    *retries* maps a reason (`"429"`, `"503"`, `"transport"`, `"timeout"`, ...) to its retry count.
-    *pacing_rate* is the request rate adaptive pacing allows now (requests per second; None while
-    no limit has been met, or with `Limits(adaptive=False)`) and *pacing_cuts* how often a 429 or
-    rising latency made it slow down.
-    """
-
-    requests: int = 0
-    responses: int = 0
-    errors: int = 0
-    retries: Mapping[str, int] = attrs.field(factory=dict)
-    rate_limited: int = 0
-    auth_requests: int = 0
-    token_refreshes: int = 0
-    budget_wait: float = 0.0
-    cooldown_wait: float = 0.0
-    pacing_rate: float | None = None
-    pacing_cuts: int = 0
-
-    @property
-    def total_retries(self) -> int:
-        """
-        Return the number of retries for every reason together.
-        """
-        return sum(self.retries.values())
-
-
-@attrs.frozen(kw_only=True)
-class RequestEvent:
-    """
-    What the client tells an `event_hook`: one attempt sent, answered, or about to be retried.
-
-    *status* is the HTTP status (`None` before an answer or on a transport failure), *elapsed* the
-    attempt's duration and *delay* the wait before a retry, in seconds; *reason* says why a retry happens.
-    *pacing_rate* is the rate adaptive pacing allowed at that moment (see `ClientStats.pacing_rate`).
-    """
-
-    kind: Literal["request", "response", "retry"]
-    method: str
-    path: str
-    attempt: int
-    status: int | None = None
-    elapsed: float | None = None
-    delay: float | None = None
-    reason: str | None = None
-    pacing_rate: float | None = None
-
-
-# The answers of the three rarely used calls load on first use: each attrs class costs about 1 ms of
-# import (its generated methods are compiled when it is defined).
-_LAZY = frozenset({"CreatedWorkflow", "TaskDetail", "WorkflowMatches"})
+# The models a walk does not need load on first use (the answers of three rarely used calls, the stats
+# snapshot and the event hook's event): each attrs class costs about 1 ms of import (its generated
+# methods are compiled when it is defined).
+_LAZY = frozenset({"ClientStats", "CreatedWorkflow", "RequestEvent", "TaskDetail", "WorkflowMatches"})
 
 
 def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from . import _answers
+    from . import _lazy_models
 
-    value = getattr(_answers, name)
+    value = getattr(_lazy_models, name)
     globals()[name] = value
     return value
 

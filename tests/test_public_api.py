@@ -219,8 +219,9 @@ def test_lazy_names_are_listed_and_cached() -> None:
 
 def test_importing_the_client_defers_what_only_some_calls_need() -> None:
     """
-    `from airudder_async import AirudderClient` defines neither the three rarely used answer models nor
-    the Workflow fast hook, and loads no anyio.lowlevel: each costs import time (benchmarks/run.py).
+    `from airudder_async import AirudderClient` defines neither the models a walk does not need
+    (the answers of three rarely used calls, `ClientStats`, `RequestEvent`) nor the Workflow fast hook,
+    and loads no anyio.lowlevel: each costs import time (benchmarks/run.py).
     A client loads what it uses, and the models load on first access.
     """
     import subprocess
@@ -230,7 +231,7 @@ def test_importing_the_client_defers_what_only_some_calls_need() -> None:
         "import sys, asyncio\n"
         "from airudder_async import AirudderClient\n"
         "from airudder_async import _convert\n"
-        "assert 'airudder_async._answers' not in sys.modules\n"
+        "assert 'airudder_async._lazy_models' not in sys.modules\n"
         "assert 'anyio.lowlevel' not in sys.modules\n"
         "assert _convert._fast == {}\n"
         "async def main():\n"
@@ -238,17 +239,18 @@ def test_importing_the_client_defers_what_only_some_calls_need() -> None:
         "        assert 'anyio.lowlevel' in sys.modules\n"
         "asyncio.run(main())\n"
         "from airudder_async.models import TaskDetail\n"
-        "assert 'airudder_async._answers' in sys.modules\n"
+        "assert 'airudder_async._lazy_models' in sys.modules\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
 
 def test_lazy_models_are_listed_and_cached() -> None:
-    """`dir(models)` lists the lazily defined answers; the first access caches them; others still fail."""
+    """`dir(models)` lists the lazily defined models; the first access caches them; others still fail."""
     from airudder_async import models
 
-    assert {"CreatedWorkflow", "TaskDetail", "WorkflowMatches"} <= set(dir(models))
+    lazy = {"ClientStats", "CreatedWorkflow", "RequestEvent", "TaskDetail", "WorkflowMatches"}
+    assert lazy <= set(dir(models))
     first = models.TaskDetail
     assert vars(models)["TaskDetail"] is first
     with pytest.raises(AttributeError, match="NoSuchModel"):
@@ -256,7 +258,7 @@ def test_lazy_models_are_listed_and_cached() -> None:
 
 
 def test_lazy_models_pickle_under_their_public_module() -> None:
-    """A lazily defined answer pickles as `airudder_async.models.X`, so a pickle outlives the layout."""
+    """A lazily defined model pickles as `airudder_async.models.X`, so a pickle outlives the layout."""
     import pickle
     import typing
 
@@ -273,9 +275,11 @@ def test_lazy_models_pickle_under_their_public_module() -> None:
     )
     blob = pickle.dumps(detail)
     assert b"airudder_async.models" in blob
-    assert b"_answers" not in blob
+    assert b"_lazy_models" not in blob
     assert pickle.loads(blob) == detail
-    for cls in (models.CreatedWorkflow, models.TaskDetail, models.WorkflowMatches):
+    assert pickle.loads(pickle.dumps(models.ClientStats(requests=3))) == models.ClientStats(requests=3)
+    lazy = (models.ClientStats, models.CreatedWorkflow, models.RequestEvent, models.TaskDetail)
+    for cls in (*lazy, models.WorkflowMatches):
         assert cls.__module__ == "airudder_async.models"
         assert typing.get_type_hints(cls)  # the names in its annotations resolve in that module
 
