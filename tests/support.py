@@ -5,6 +5,8 @@ Helpers shared by test modules (imported as `tests.support`; pytest puts the rep
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -17,6 +19,16 @@ from aiohttp import web
 from airudder_async.__main__ import amain
 from airudder_async.errors import SyncError
 from airudder_async.sync import PageCounts, PageWrite, Sink
+
+
+def run_fresh(code: str) -> str:
+    """
+    Run *code* in a fresh interpreter (nothing imported yet, so import-time behaviour shows); fail the
+    test with its stderr unless it exits 0, and return its stdout.
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 @attrs.frozen

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -48,6 +46,7 @@ from airudder_async.errors import (
     TransportError,
 )
 from airudder_async.models import Workflow
+from tests.support import run_fresh
 
 POLICY = RetryPolicy(attempts=4, backoff_initial=1.0, backoff_max=8.0, retry_after_max=60.0)
 
@@ -297,9 +296,7 @@ def test_depth_limit_is_the_same_without_orjson() -> None:
         "        pass\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert run_fresh(script).strip() == "ok"
 
 
 # -- times ---------------------------------------------------------------------------------------------
@@ -353,9 +350,7 @@ def test_pure_modules_import_neither_aiohttp_nor_anyio() -> None:
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'anyio'))\n"
         "print(bad)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert run_fresh(script).strip() == "[]"
 
 
 def test_errors_from_error_for_pickle() -> None:

@@ -11,6 +11,7 @@ import inspect
 import pytest
 
 import airudder_async
+from tests.support import run_fresh
 
 PUBLIC = {
     "airudder_async": [
@@ -171,16 +172,12 @@ def test_version_comes_from_metadata() -> None:
 
 def test_cli_and_webhooks_are_not_imported_by_the_package() -> None:
     """Importing the package imports neither the CLI nor the webhook receiver."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, airudder_async; "
         "assert not {'airudder_async.__main__', 'airudder_async._cli', 'airudder_async.webhooks'} "
         "& set(sys.modules), sorted(m for m in sys.modules if m.startswith('airudder'))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    run_fresh(code)
 
 
 def test_the_client_imports_cattrs_json_preset_only_for_an_item_it_refuses() -> None:
@@ -188,9 +185,6 @@ def test_the_client_imports_cattrs_json_preset_only_for_an_item_it_refuses() -> 
     Importing the client (and decoding clean pages) leaves cattrs' JSON preset unloaded: only the
     detailed error of a refused item needs the converter (about 3 ms of import time otherwise).
     """
-    import subprocess
-    import sys
-
     code = (
         "import sys\n"
         "from airudder_async import AirudderClient\n"
@@ -204,8 +198,7 @@ def test_the_client_imports_cattrs_json_preset_only_for_an_item_it_refuses() -> 
         "    assert type(exc).__name__ == 'DecodeError' and 'workflow_id' in str(exc), exc\n"
         "assert 'cattrs.preconf.json' in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    run_fresh(code)
 
 
 def test_lazy_names_are_listed_and_cached() -> None:
@@ -224,9 +217,6 @@ def test_importing_the_client_defers_what_only_some_calls_need() -> None:
     and loads no anyio.lowlevel: each costs import time (benchmarks/run.py).
     A client loads what it uses, and the models load on first access.
     """
-    import subprocess
-    import sys
-
     code = (
         "import sys, asyncio\n"
         "from airudder_async import AirudderClient\n"
@@ -241,8 +231,7 @@ def test_importing_the_client_defers_what_only_some_calls_need() -> None:
         "from airudder_async.models import TaskDetail\n"
         "assert 'airudder_async._lazy_models' in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    run_fresh(code)
 
 
 def test_lazy_models_are_listed_and_cached() -> None:
@@ -286,13 +275,9 @@ def test_lazy_models_pickle_under_their_public_module() -> None:
 
 def test_redis_is_imported_only_by_its_module() -> None:
     """A client, even with a MemoryCoordination, never imports redis; airudder_async.redis does."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, airudder_async; from airudder_async.coordination import MemoryCoordination; "
         "airudder_async.AirudderClient(app_key='k', app_secret='s', coordination=MemoryCoordination()); "
         "assert 'redis' not in sys.modules; import airudder_async.redis; assert 'redis' in sys.modules"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    run_fresh(code)

@@ -9,8 +9,6 @@ import json
 import logging
 import math
 import pickle
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -43,7 +41,7 @@ from airudder_async.webhooks import (
     webhook_app,
     webhook_handler,
 )
-from tests.support import serve
+from tests.support import run_fresh, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -927,5 +925,4 @@ assert convert.converter() is api
 assert models._converter is not api
 assert not hasattr(models, "converter") and not hasattr(webhooks, "converter")
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    run_fresh(code)
