@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from . import models
 from ._config import (
     DEFAULT_BASE_URL,
     DEFAULT_LIMITS,
@@ -40,7 +41,6 @@ from .errors import DecodeError
 from .models import Cursor, Page, Workflow
 
 if TYPE_CHECKING:  # a type only (in ClientOptions too): imported when a coordination is used
-    from ._lazy_models import ClientStats, CreatedWorkflow, RequestEvent, TaskDetail, WorkflowMatches
     from .coordination import Coordination
 
 __all__ = ["INSTANCELIST_PATH", "AirudderClient"]
@@ -168,7 +168,7 @@ class ClientOptions(TypedDict, total=False):
     limits: Limits
     retry: RetryPolicy
     user_agent: str | None
-    event_hook: Callable[[RequestEvent], object] | None
+    event_hook: Callable[[models.RequestEvent], object] | None
     coordination: Coordination | None
 
 
@@ -234,7 +234,7 @@ class AirudderClient:
         limits: Limits = DEFAULT_LIMITS,
         retry: RetryPolicy = DEFAULT_RETRY,
         user_agent: str | None = None,
-        event_hook: Callable[[RequestEvent], object] | None = None,
+        event_hook: Callable[[models.RequestEvent], object] | None = None,
         coordination: Coordination | None = None,
     ) -> None:
         for name, value in (("app_key", app_key), ("app_secret", app_secret)):
@@ -365,14 +365,12 @@ class AirudderClient:
         return self._loop
 
     @property
-    def stats(self) -> ClientStats:
+    def stats(self) -> models.ClientStats:
         """
         A snapshot of the counters: requests, retries by reason, 429s, budget waits, token refreshes.
         """
         if self._loop is None:
-            from ._lazy_models import ClientStats  # loaded on first use (see models)
-
-            return ClientStats()
+            return models.ClientStats()
         return self._loop.stats()
 
     # -- generic call --------------------------------------------------------------------------------
@@ -533,7 +531,7 @@ class AirudderClient:
         auto_finish: int = 2,
         extra: Mapping[str, object] | None = None,
         retry_unsafe: bool = False,
-    ) -> CreatedWorkflow:
+    ) -> models.CreatedWorkflow:
         """
         Create a workflow task from a template (`POST /service/cloud/workflow/createinstance`).
 
@@ -567,9 +565,7 @@ class AirudderClient:
             json=_merge_extra(body, extra),
             idempotent=True if retry_unsafe else None,
         )
-        from ._lazy_models import CreatedWorkflow  # loaded on first use (see models)
-
-        return CreatedWorkflow(workflow_id=str_or_none(data, "workflow_id"), data=data)
+        return models.CreatedWorkflow(workflow_id=str_or_none(data, "workflow_id"), data=data)
 
     async def find_workflows(
         self,
@@ -578,7 +574,7 @@ class AirudderClient:
         end_time: datetime,
         case_id: str | None = None,
         callee: str | None = None,
-    ) -> WorkflowMatches:
+    ) -> models.WorkflowMatches:
         """
         Find workflows by *case_id* and/or *callee* (E.164) in a time window (`detailinstances`).
         """
@@ -598,9 +594,7 @@ class AirudderClient:
             body["callee"] = _check_e164("callee", callee)
         # A lookup changes nothing, so it is safe to retry.
         data = await self.request("POST", DETAILINSTANCES_PATH, json=body, idempotent=True)
-        from ._lazy_models import WorkflowMatches  # loaded on first use (see models)
-
-        return WorkflowMatches(workflow_ids=ids_in(data), data=data)
+        return models.WorkflowMatches(workflow_ids=ids_in(data), data=data)
 
     async def verify_api_notice(
         self, *, workflow_id: str, node_id: str, callee: str, case_id: str | None = None
@@ -620,7 +614,9 @@ class AirudderClient:
             body["case_id"] = case_id
         return await self.request("POST", APINOTICEINFO_PATH, json=body)
 
-    async def get_task_detail(self, *, fields: Mapping[str, object], idempotent: bool = True) -> TaskDetail:
+    async def get_task_detail(
+        self, *, fields: Mapping[str, object], idempotent: bool = True
+    ) -> models.TaskDetail:
         """
         Get the outbound task details of a workflow (`taskdetail`); its request *fields* are undocumented.
 
@@ -630,9 +626,7 @@ class AirudderClient:
             raise ValueError("fields must be a non-empty mapping of the request's fields")
         data = await self.request("POST", TASKDETAIL_PATH, json=dict(fields), idempotent=idempotent)
         records = rows(data, whole=False)
-        from ._lazy_models import TaskDetail  # loaded on first use (see models)
-
-        return TaskDetail(
+        return models.TaskDetail(
             workflow_id=str_or_none(data, "workflow_id"),
             workflow_name=str_or_none(data, "workflow_name"),
             nodetask_id=str_or_none(data, "nodetask_id"),

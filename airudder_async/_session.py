@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import aiohttp
 import anyio
 
-from . import _json
+from . import _json, models
 from ._auth import TokenCache, token_fetcher
 from ._config import Limits, RetryPolicy, Timeouts
 from ._protocol import (
@@ -40,8 +40,7 @@ from .errors import (
     TransportError,
 )
 
-if TYPE_CHECKING:  # types only: loaded on first use (see models), and with a coordination
-    from ._lazy_models import ClientStats, RequestEvent
+if TYPE_CHECKING:  # a type only: the protocols are imported when a coordination is used
     from .coordination import Coordination
 
 __all__ = ["SendLoop"]
@@ -67,6 +66,9 @@ class _Call(NamedTuple):
     timeout: aiohttp.ClientTimeout
     max_depth: int | None
     decode: Callable[[bytes], object | None] | None
+
+    def __repr__(self) -> str:  # never the body: the auth call's holds the APPSecret
+        return f"<_Call {self.method} {self.path}>"
 
 
 class _Counters:
@@ -95,7 +97,7 @@ class SendLoop:
         timeouts: Timeouts,
         app_key: str,
         app_secret: str,
-        event_hook: Callable[[RequestEvent], object] | None,
+        event_hook: Callable[[models.RequestEvent], object] | None,
         coordination: Coordination | None = None,
     ) -> None:
         self.session = session
@@ -130,11 +132,9 @@ class SendLoop:
         """The strings to scrub: the secret, the current token, and the token an attempt used."""
         return (self._app_secret, self.auth.token, used)
 
-    def stats(self) -> ClientStats:
-        from ._lazy_models import ClientStats  # loaded on first use (see models)
-
+    def stats(self) -> models.ClientStats:
         c = self.counters
-        return ClientStats(
+        return models.ClientStats(
             requests=c.requests,
             responses=c.responses,
             errors=c.errors,
@@ -161,9 +161,7 @@ class SendLoop:
     ) -> None:
         if self.event_hook is None:
             return
-        from ._lazy_models import RequestEvent  # loaded on first use (see models)
-
-        event = RequestEvent(
+        event = models.RequestEvent(
             kind=kind,
             method=call.method,
             path=call.path,

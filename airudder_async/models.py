@@ -79,6 +79,11 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else format_time(value)
 
 
+# Field types as classes, not strings (`from __future__ import annotations`), as a schema read from
+# `attrs.fields(Workflow)` expects.
+attrs.resolve_types(Workflow)
+
+
 @attrs.frozen(kw_only=True)
 class Page(Generic[T]):
     """

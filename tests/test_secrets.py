@@ -65,3 +65,24 @@ async def test_secret_and_token_never_leak(caplog: pytest.LogCaptureFixture) -> 
     assert SECRET not in blob
     assert token not in blob
     assert "Authorization" not in caplog.text
+
+
+async def test_a_prepared_call_never_shows_its_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The send loop's record of one call leaves its body out of its repr (what a frame-locals capturer
+    such as Sentry prints): the auth call's body holds the APPSecret.
+    """
+    from airudder_async._session import SendLoop, _Call
+
+    seen: list[str] = []
+    original = SendLoop._with_retries
+
+    async def spy(self: SendLoop, call: _Call) -> object:
+        seen.append(repr(call))
+        return await original(self, call)
+
+    monkeypatch.setattr(SendLoop, "_with_retries", spy)
+    async with FakeAirudder(workflows=3, app_secret=SECRET) as fake, fake.client() as client:
+        await client.list_workflows()
+    assert "<_Call POST /service/cloud/auth>" in seen
+    assert not [text for text in seen if SECRET in text]
