@@ -1,10 +1,10 @@
 """
 Adaptive pacing: find the account's unpublished rate limit from the answers (pure; times are passed in).
 
-The vendor publishes no rate limit, so the client learns one. Until the first 429 nothing is paced
-beyond `Limits` (an account with a generous limit never pays for the controller; the pacer only opens
-its in-flight window one answer at a time, a slow start). From a 429 on, the allowed rate follows a
-CUBIC-like curve:
+The vendor publishes no rate limit, so the client learns one. Until the first 429 nothing is paced beyond
+`Limits` (an account with a generous limit never pays for the controller; the pacer only opens its
+in-flight window from one, doubling it per round of answers, a slow start). From a 429 on, the allowed rate
+follows a CUBIC-like curve:
 
 - **cut** on a 429 to a request sent at the current pace (one sent before the last cut says nothing
   new): the level where refusals began, `peak`, is the current rate, or the rate the server was

@@ -68,10 +68,10 @@ class Limits:
 
     *max_in_flight* caps concurrent requests; *requests_per_second* is a token-bucket budget
     (`None`: no budget) allowing bursts of *burst* requests; *max_connections* sizes the pool.
-    With *adaptive* (the default) the client also learns the account's unpublished rate limit from
-    its 429s and latency and paces just under it; *requests_per_second* is then a ceiling it never
-    passes. Until the first 429 nothing is paced beyond these limits, but requests in flight grow
-    one per answer from one up to *max_in_flight* (a slow start). `adaptive=False` paces by the
+    With *adaptive* (the default) the client also learns the account's unpublished rate limit from its
+    429s and latency and paces just under it; *requests_per_second* is then a ceiling it never passes.
+    Until the first 429 nothing is paced beyond these limits, but requests in flight start at one and
+    double with each round of answers, up to *max_in_flight* (a slow start). `adaptive=False` paces by the
     fixed settings alone, and a 429 then only pauses every task for its cool-down.
     *max_response_size* bounds one answer in bytes, counted after decompression: a bigger one raises
     `ResponseTooLargeError` (so at most `max_in_flight` such buffers exist at once).

@@ -144,12 +144,16 @@ class Pacer:
         )
         self.controller = RateController(limits.requests_per_second) if limits.adaptive else None
         self.max_in_flight = limits.max_in_flight
-        # Slow start (adaptive only): until the first 429 or a learnt pace, one request in flight more
-        # for each answer, from one, up to the cap (a doubling per round trip, as TCP's slow start). A
-        # walk's first 8 requests at once cost an account with a strict limit 7 refusals before a
-        # single answer could say anything; a generous account pays three round trips.
+        # Slow start (adaptive only): until the first 429 or a learnt pace, the in-flight window starts
+        # at one and doubles each time as many answers as it holds have come back, up to the cap (a
+        # doubling per round trip, as TCP's slow start). A walk's first 8 requests at once cost an
+        # account with a strict limit 7 refusals before a single answer could say anything; a generous
+        # account pays three round trips. The window grows at the end of a round, not by one per
+        # answer: grown per answer, the answers admitted early in the round that first meets the
+        # limit sent two requests each before its refusals came back, all of them refused too.
         start = 1 if self.controller is not None else limits.max_in_flight
         self.limiter = anyio.CapacityLimiter(start)
+        self._round = 0  # answers (and lost requests) since the slow start's window last grew
         self.learnt: LearntPace | None = None  # paces at the controller's rate once it has one
         self.cooldown_until = 0.0
         self.budget_wait = 0.0
@@ -194,19 +198,24 @@ class Pacer:
     def failed(self) -> None:
         """
         Tell the pacer an attempt ended without an answer (a timeout, a transport error): nothing for
-        the controller, but the slow start opens one more request as for an answer, so a lost request
-        never holds the others back.
+        the controller, but the slow start counts it as an answer, so a lost request never holds the
+        window back.
         """
         if self.controller is not None:
             self._slow_start(self.controller.rate)
 
     def _slow_start(self, rate: float | None) -> None:
         limiter = self.limiter
-        if limiter.total_tokens < self.max_in_flight:
-            if rate is None:
-                limiter.total_tokens += 1
-            else:  # the pace takes over from here
-                limiter.total_tokens = self.max_in_flight
+        window = limiter.total_tokens
+        if window >= self.max_in_flight:
+            return
+        if rate is not None:  # the pace takes over from here
+            limiter.total_tokens = self.max_in_flight
+            return
+        self._round += 1
+        if self._round >= window:
+            self._round = 0
+            limiter.total_tokens = min(self.max_in_flight, 2 * window)
 
     async def cool_down(self, seconds: float) -> None:
         """

@@ -10,11 +10,11 @@ and 5, and 20/s halved at a third of the run and restored at two thirds) as a di
 in well under a second, so a change to the controller can be tried against all of them at once.
 
 What is simulated, mirroring the client: 8 workers each keep one page request going (prefetch 8); the
-pacer's slow start (one request in flight more per answer until the first 429), a 429's `Retry-After`
-cool-down shared by every worker and the retry after it, and the learnt pace (requests spaced
-1/rate apart, a new rate applying to waiting requests at once). Every answer and refusal goes to the
-real `airudder_async._adaptive.RateController`. The server is `FakeAirudder`'s token bucket, deciding on
-arrival, with a `Retry-After` of the time to its next token in milliseconds. Each request leaves up to
+pacer's slow start (the window doubles each time a round of answers is back, until the first 429), a 429's
+`Retry-After` cool-down shared by every worker and the retry after it, and the learnt pace (requests
+spaced 1/rate apart, a new rate applying to waiting requests at once). Every answer and refusal goes to
+the real `airudder_async._adaptive.RateController`. The server is `FakeAirudder`'s token bucket, deciding
+on arrival, with a `Retry-After` of the time to its next token in milliseconds. Each request leaves up to
 *jitter* seconds after the pace lets it go (the event loop's delay) and the answer takes *latency*.
 
 It agrees with `benchmarks/adaptive.py` within a few hundredths at 5 and 20 requests/s; at 80/s the real
@@ -90,6 +90,7 @@ class Simulation:
         self.latency, self.jitter, self.workers, self.duration = latency, jitter, workers, duration
         self.controller = RateController()
         self.window, self.in_flight = 1, 0  # slow start
+        self.round_answers = 0  # answers since the window last grew
         self.waiting_for_slot: deque[int] = deque()
         self.cool_until = 0.0
         self.interval: float | None = None  # the learnt pace, once there is one
@@ -201,7 +202,13 @@ class Simulation:
             self.interval = 1.0 / controller.rate
             self.pump()
         if self.window < self.workers:
-            self.window = self.workers if controller.rate is not None else self.window + 1
+            if controller.rate is not None:
+                self.window = self.workers
+            else:
+                self.round_answers += 1
+                if self.round_answers >= self.window:
+                    self.round_answers = 0
+                    self.window = min(self.workers, 2 * self.window)
         if not refused:
             self.at(self.now, lambda: self.request(1))  # the next page
         elif attempt >= ATTEMPTS:

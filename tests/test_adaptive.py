@@ -739,14 +739,19 @@ async def test_fixed_pacer_ignores_answers() -> None:
 
 
 @pytest.mark.anyio
-async def test_slow_start_opens_the_window_one_answer_at_a_time() -> None:
-    """Adaptive: one request in flight at first, one more per answer up to the cap; the first 429 (a
-    learnt pace) opens it at once. Fixed pacing starts at the cap."""
-    pacer = Pacer(Limits(max_in_flight=4))
+async def test_slow_start_doubles_the_window_once_a_round_has_come_back() -> None:
+    """Adaptive: one request in flight at first; the window doubles each time as many answers as it
+    holds have come back (never by one per answer: a round's early answers would each send two more
+    before its refusals arrive), up to the cap; the first 429 (a learnt pace) opens it at once. Fixed
+    pacing starts at the cap."""
+    pacer = Pacer(Limits(max_in_flight=6))
     assert pacer.limiter.total_tokens == 1
-    for expected in (2, 3, 4, 4):
+    windows = []
+    for _ in range(9):
         pacer.answered(0.0, refused=False)
-        assert pacer.limiter.total_tokens == expected
+        windows.append(pacer.limiter.total_tokens)
+    # 1 answer: 2; 2 more: 4; 4 more: 6 (the cap); then it stays.
+    assert windows == [2, 2, 4, 4, 4, 4, 6, 6, 6]
     refused = Pacer(Limits(max_in_flight=8))
     refused.answered(0.0, refused=False)
     refused.answered(0.0, refused=True)
@@ -754,8 +759,11 @@ async def test_slow_start_opens_the_window_one_answer_at_a_time() -> None:
     assert refused.limiter.total_tokens == 8
     assert Pacer(Limits(adaptive=False, max_in_flight=8)).limiter.total_tokens == 8
     lost = Pacer(Limits(max_in_flight=4))
-    lost.failed()  # a timeout or a dropped connection opens the window as an answer does
+    lost.failed()  # a timeout or a dropped connection counts as an answer
+    lost.failed()
     assert lost.limiter.total_tokens == 2
+    lost.failed()
+    assert lost.limiter.total_tokens == 4
     fixed = Pacer(Limits(adaptive=False, max_in_flight=4))
     fixed.failed()
     assert fixed.limiter.total_tokens == 4
@@ -897,3 +905,19 @@ def test_long_past_the_peak_without_a_refusal_the_climb_turns_fast() -> None:
     steady(ctl, now, 10.0, 2.0)  # past the 5 s: the last ~15 clean answers add 1/s each
     assert ctl.rate is not None
     assert ctl.rate > rate + 10.0
+
+
+@pytest.mark.anyio
+async def test_a_burst_limit_refuses_only_the_round_that_meets_it() -> None:
+    """Against 5 requests/s with a burst of 5, the slow start's rounds of 1, 2 and 4 requests find the
+    limit in the third (the burst admits 5 in all): about half of that round is refused before the first
+    refusal sets a pace. Grown by one per answer, the round's first admitted answers each sent two more
+    before its refusals came back: 6 of the first 12 requests were refused."""
+    async with (
+        FakeAirudder(workflows=60, latency=0.02, rate_limit=RateLimit(rate=5.0, burst=5)) as fake,
+        fake.client(retry=RetryPolicy(attempts=50)) as client,
+    ):
+        seen = [wf.workflow_id async for wf in client.iter_workflows(page_size=3, max_items=36)]
+        first = [r.is_rate_limited for r in fake.requests if r.path == INSTANCELIST_PATH][:12]
+    assert len(seen) == 36
+    assert sum(first) <= 4  # 3 in every run here (6 with the window grown per answer)

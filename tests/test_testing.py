@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from airudder_async import Limits
 from airudder_async.testing import (
     APINOTICEINFO_PATH,
     AUTH_PATH,
@@ -230,7 +231,8 @@ async def test_requests_are_not_recorded_when_switched_off() -> None:
 
 async def test_wait_for_hits_returns_when_requests_arrive() -> None:
     """wait_for_hits() returns at once when enough requests are in, and otherwise when the nth arrives."""
-    async with FakeAirudder(workflows=3) as fake, fake.client() as client:
+    # Fixed pacing: all three calls in flight at once (adaptive pacing's slow start would hold one).
+    async with FakeAirudder(workflows=3) as fake, fake.client(limits=Limits(adaptive=False)) as client:
         await client.list_workflows()
         await fake.wait_for_hits("GET", INSTANCELIST_PATH, 1)  # already there
         gate = fake.gate(INSTANCELIST_PATH)
