@@ -71,13 +71,16 @@ class Limits:
     With *adaptive* (the default) the client also learns the account's unpublished rate limit from its
     429s and latency and paces just under it; *requests_per_second* is then a ceiling it never passes.
     Until the first 429 nothing is paced beyond these limits, but requests in flight start at one and
-    double with each round of answers, up to *max_in_flight* (a slow start). `adaptive=False` paces by the
+    double with each round of answers, up to *max_in_flight* (a slow start; whatever the client sends
+    first, the auth call included, counts towards the first round). `adaptive=False` paces by the
     fixed settings alone, and a 429 then only pauses every task for its cool-down.
     *max_response_size* bounds one answer in bytes, counted after decompression: a bigger one raises
     `ResponseTooLargeError` (so at most `max_in_flight` such buffers exist at once).
     """
 
-    max_in_flight: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    max_in_flight: int = attrs.field(
+        default=8, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)]
+    )
     requests_per_second: float | None = attrs.field(default=None, validator=_positive_or_none)
     burst: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     max_connections: int = attrs.field(default=32, validator=attrs.validators.ge(1))

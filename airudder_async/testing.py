@@ -17,7 +17,8 @@ the server has received *n* such requests, and `gate = fake.gate(path)` holds re
 `gate.release()`, with `await gate.wait_held(n)` to know that *n* of them are stuck there:
 
 ```python
-async with FakeAirudder(workflows=500) as fake, fake.client() as client:
+# Fixed pacing: adaptive pacing's slow start would hold the prefetch to 2 requests in flight here.
+async with FakeAirudder(workflows=500) as fake, fake.client(limits=Limits(adaptive=False)) as client:
     gate = fake.gate(INSTANCELIST_PATH, after=1)   # page 1 is answered, later pages wait
     walk = client.iter_workflows(page_size=100, prefetch=4)
     await walk.__anext__()

@@ -242,3 +242,11 @@ async def test_cancellation_is_not_retried() -> None:
         ("retry", 429),
     ]
     assert fake.hits("GET", INSTANCELIST_PATH) == 2
+
+
+@pytest.mark.parametrize("value", [8.0, "8", None])
+def test_max_in_flight_must_be_an_integer(value: object) -> None:
+    """A float (from a YAML or env parse, say) passed the old `>= 1` check, then crashed the walk when
+    the slow start set the in-flight window to it (anyio takes only an int): refused when built now."""
+    with pytest.raises(TypeError, match="max_in_flight"):
+        Limits(max_in_flight=value)  # type: ignore[arg-type]
