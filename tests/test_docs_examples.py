@@ -1,5 +1,5 @@
 """
-The examples of `airudder_async.testing`'s docstring and the README's testing section run as written.
+The examples of `airudder_async.testing`'s docstring and the README's test examples run as written.
 
 Both once waited on a gate for more requests than adaptive pacing's slow start sends at first, and
 hung for their 5 s timeout: nothing ran them.
@@ -47,8 +47,11 @@ async def test_the_testing_module_examples_run(index: int) -> None:
 
 
 @pytest.mark.anyio
-async def test_the_readme_gate_example_runs() -> None:
-    (code,) = [b for b in blocks(README.read_text()) if "def test_break_stops_the_prefetched_requests" in b]
+@pytest.mark.parametrize(
+    "name", ["test_my_etl_survives_a_bad_day", "test_break_stops_the_prefetched_requests"]
+)
+async def test_the_readme_test_examples_run(name: str) -> None:
+    (code,) = [b for b in blocks(README.read_text()) if f"def {name}(" in b]
     namespace = names()
     exec(code, namespace)
-    await namespace["test_break_stops_the_prefetched_requests"]()
+    await namespace[name]()
