@@ -21,7 +21,7 @@ import aiohttp
 import httpx
 import orjson
 
-from airudder_async import DEFAULT_LIMITS, AirudderClient, Limits
+from airudder_async import DEFAULT_LIMITS, AirudderClient, Limits, _convert
 
 AUTH_PATH = "/service/cloud/auth"
 LIST_PATH = "/service/cloud/workflow/instancelist"
@@ -32,14 +32,26 @@ Result = tuple[int, float, float, float]  # items, wall seconds, client CPU seco
 Walk = Callable[[Server, int, int, Probe], Awaitable[Result]]
 
 
-def library(prefetch: int, *, by_page: bool = False) -> Walk:
+def library(prefetch: int, *, by_page: bool = False, msgspec: bool = True) -> Walk:
     """
     Return a walk through `client.iter_workflows(page_size=, prefetch=, max_items=)` (typed items).
 
     With *by_page* the consumer takes the walk a page (a list) at a time through `walk.by_page()`.
+    Without *msgspec* the walk takes the path of an install without the msgspec extra (orjson and the
+    fast hook), as if msgspec were missing: the library's only use of it is `_convert._page_decoders()`.
     """
 
     async def walk(server: Server, size: int, items: int, probe: Probe) -> Result:
+        if msgspec:
+            return await _library_walk(server, size, items, probe)
+        decoders = _convert._page_decoders
+        _convert._page_decoders = _no_msgspec  # type: ignore[assignment]
+        try:
+            return await _library_walk(server, size, items, probe)
+        finally:
+            _convert._page_decoders = decoders  # type: ignore[assignment]
+
+    async def _library_walk(server: Server, size: int, items: int, probe: Probe) -> Result:
         # Limits.max_in_flight (default 8) caps the requests in flight whatever the prefetch: raise it
         # for deeper windows, as a user asking for prefetch=16 would have to.
         limits = Limits(max_in_flight=max(prefetch, DEFAULT_LIMITS.max_in_flight))
@@ -62,6 +74,11 @@ def library(prefetch: int, *, by_page: bool = False) -> Walk:
             return n, elapsed, cpu, probe() - server_cpu
 
     return walk
+
+
+def _no_msgspec() -> None:
+    """`_convert._page_decoders()` where msgspec is not installed."""
+    return None
 
 
 def _pages(count: int, size: int, items: int, page: int, got: int, n: int) -> bool:

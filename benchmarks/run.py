@@ -36,6 +36,8 @@ PREFETCHES = (1, 4, 8, 16)
 DEFAULT_PREFETCH = 8
 REF_JSON = "aiohttp + resp.json()"
 REF_ORJSON = "aiohttp + orjson"
+NO_MSGSPEC = f"iter_workflows prefetch={DEFAULT_PREFETCH}, without msgspec"
+TYPED_WINDOW = f"plain window K={DEFAULT_PREFETCH}, typed"
 SCENARIOS = ((0.0, 200), (0.0, 20), (0.020, 200), (0.020, 20))  # (latency s, page size)
 X, DASH = "\u00d7", "\u2013"  # the multiplication sign and the en dash of the report
 ROUND = 16  # a bounded walk is 1 + a multiple of ROUND pages: every prefetch window ends on a full round
@@ -45,6 +47,7 @@ TARGET_VS_WINDOW = 0.98  # ... and >= 0.98 x a plain prefetch window of the same
 TARGET_PREFETCH_SCENARIO = (0.020, 200)
 TARGET_PREFETCH_REACHABLE = 0.95  # walk enough pages that latency alone would allow 0.95*K
 TARGET_DEFAULT_VS_ORJSON = 0.90  # at 0 ms, page size 200, defaults: >= 0.90 x the orjson loop
+TARGET_NO_MSGSPEC_VS_TYPED = 1.0  # ... and without msgspec >= 1.0 x a plain window doing the same typing
 TARGET_STRUCTURE_US = 1.25
 TARGET_RSS_GROWTH_MB = 2.0
 TARGET_IMPORT_MS = 25.0
@@ -78,7 +81,7 @@ def machine() -> dict[str, Any]:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    packages = ("aiohttp", "orjson", "httpx", "cattrs", "attrs", "anyio", "airudder-async")
+    packages = ("aiohttp", "orjson", "msgspec", "httpx", "cattrs", "attrs", "anyio", "airudder-async")
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -161,9 +164,10 @@ def cases() -> dict[str, tuple[_walks.Walk, int | None]]:
         _walks.library(DEFAULT_PREFETCH, by_page=True),
         DEFAULT_PREFETCH,
     )
+    out[NO_MSGSPEC] = (_walks.library(DEFAULT_PREFETCH, msgspec=False), DEFAULT_PREFETCH)
     for k in PREFETCHES[1:]:  # each depth's own baseline (prefetch=1 is the walk's sequential mode)
         out[window_label(k)] = (_walks.plain_window(k), None)
-    out[f"plain window K={DEFAULT_PREFETCH}, typed"] = (
+    out[TYPED_WINDOW] = (
         _walks.plain_window(DEFAULT_PREFETCH, typed=True),
         None,
     )
@@ -461,12 +465,30 @@ def _check(name: str, value: float, target: float, *, at_least: bool, **extra: A
     }
 
 
+def _paired_median(case: dict[str, Any], ref: dict[str, Any]) -> float:
+    """The median over the repetitions of *case*'s items/s over *ref*'s in the same repetition."""
+    pairs = zip(case["raw"]["items_per_s"], ref["raw"]["items_per_s"], strict=True)
+    return statistics.median(a / b for a, b in pairs)
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Check each project target; walk targets are also attached to their case as "target"."""
     out: list[dict[str, Any]] = []
     for sc in results["throughput"]:
         for label, case in sc["cases"].items():
             k = case["prefetch"]
+            if label == NO_MSGSPEC:
+                if sc["latency_ms"] == 0 and sc["page_size"] == 200 and TYPED_WINDOW in sc["cases"]:
+                    check = _check(
+                        "0 ms, size 200, defaults without msgspec vs typed plain window",
+                        _paired_median(case, sc["cases"][TYPED_WINDOW]),
+                        TARGET_NO_MSGSPEC_VS_TYPED,
+                        at_least=True,
+                        ref="typed plain window",
+                    )
+                    case["target"] = check
+                    out.append(check)
+                continue
             if k is None or "by_page" in label:  # targets apply to the item-by-item walk
                 continue
             check = None
@@ -495,13 +517,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             # round trips alone put the walk at 0.6-0.8 of a window that starts at full depth).
             long_enough = sc["pages"] >= reachable_pages(k, TARGET_PREFETCH_REACHABLE)
             if sc["latency_ms"] == 20 and sc["page_size"] == 200 and window is not None and long_enough:
-                paired = [
-                    a / b
-                    for a, b in zip(case["raw"]["items_per_s"], window["raw"]["items_per_s"], strict=True)
-                ]
                 check = _check(
                     f"20 ms, size 200, prefetch={k} vs plain window K={k}",
-                    statistics.median(paired),
+                    _paired_median(case, window),
                     TARGET_VS_WINDOW,
                     at_least=True,
                     ref=f"plain window K={k}",
@@ -544,7 +562,8 @@ def render(results: dict[str, Any]) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['os']}; "
         f"{m['implementation']} {m['python']}; aiohttp {v['aiohttp']}, orjson {v['orjson']}, "
-        f"httpx {v['httpx']}, cattrs {v['cattrs']}, anyio {v['anyio']}; airudder-async {v['airudder-async']} "
+        f"msgspec {v.get('msgspec', 'not recorded')}, httpx {v['httpx']}, cattrs {v['cattrs']}, "
+        f"anyio {v['anyio']}; airudder-async {v['airudder-async']} "
         f"at {m['commit']}.",
         f"Run: {results['started']}, {cfg['mode']} mode, {cfg['repeat']} repetitions, "
         f"{cfg['workflows']:,} workflows per server, budget {cfg['budget']:g} s per sequential repetition; "
