@@ -913,7 +913,7 @@ async def test_a_burst_limit_is_met_by_one_round_not_two() -> None:
     the limit in the third. Its 429s come back 40 ms after its admitted answers here, and until they do
     the walk only refills the two slots those answers freed: 9 page requests go out before the first
     refusal is back, 4 of them refused. Grown by one per answer, each admitted answer sent two more:
-    11, 6 of them refused (and every one of those 429s counts against the account)."""
+    12, 7 of them refused (and every one of those 429s counts against the account)."""
     events: list[RequestEvent] = []
     limit = RateLimit(rate=5.0, burst=5, refusal_latency=0.06)
     async with (
