@@ -11,17 +11,18 @@ walked, wall seconds, CPU seconds of this process, CPU seconds of the server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import httpx
 import orjson
 
-from airudder_async import DEFAULT_LIMITS, AirudderClient, Limits, _convert
+from airudder_async import DEFAULT_LIMITS, AirudderClient, Limits, WorkflowIterator, _convert
 
 AUTH_PATH = "/service/cloud/auth"
 LIST_PATH = "/service/cloud/workflow/instancelist"
@@ -44,12 +45,8 @@ def library(prefetch: int, *, by_page: bool = False, msgspec: bool = True) -> Wa
     async def walk(server: Server, size: int, items: int, probe: Probe) -> Result:
         if msgspec:
             return await _library_walk(server, size, items, probe)
-        decoders = _convert._page_decoders
-        _convert._page_decoders = _no_msgspec  # type: ignore[assignment]
-        try:
+        with msgspec_missing():
             return await _library_walk(server, size, items, probe)
-        finally:
-            _convert._page_decoders = decoders  # type: ignore[assignment]
 
     async def _library_walk(server: Server, size: int, items: int, probe: Probe) -> Result:
         # Limits.max_in_flight (default 8) caps the requests in flight whatever the prefetch: raise it
@@ -59,17 +56,11 @@ def library(prefetch: int, *, by_page: bool = False, msgspec: bool = True) -> Wa
             app_key=server["app_key"], app_secret=server["app_secret"], base_url=server["url"], limits=limits
         ) as client:
             await client.list_workflows(page=1, size=1)  # token and one open connection, untimed
-            n, cap = 0, None if items >= server["workflows"] else items  # a full walk keeps the default
+            cap = None if items >= server["workflows"] else items  # a full walk keeps the default
             server_cpu = probe()
             started, cpu = time.perf_counter(), time.process_time()
             async with client.iter_workflows(page_size=size, prefetch=prefetch, max_items=cap) as it:
-                if by_page:
-                    async for batch in it.by_page():
-                        for _wf in batch:
-                            n += 1
-                else:
-                    async for _wf in it:
-                        n += 1
+                n = await consume(it, by_page=by_page)
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
             return n, elapsed, cpu, probe() - server_cpu
 
@@ -79,6 +70,30 @@ def library(prefetch: int, *, by_page: bool = False, msgspec: bool = True) -> Wa
 def _no_msgspec() -> None:
     """`_convert._page_decoders()` where msgspec is not installed."""
     return None
+
+
+@contextlib.contextmanager
+def msgspec_missing() -> Iterator[None]:
+    """Within the block, the library decodes pages as an install without the msgspec extra does."""
+    decoders = _convert._page_decoders
+    _convert._page_decoders = _no_msgspec  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _convert._page_decoders = decoders  # type: ignore[assignment]
+
+
+async def consume(walk: WorkflowIterator, *, by_page: bool) -> int:
+    """Touch every workflow of *walk*, item by item or a page at a time; return how many there were."""
+    n = 0
+    if by_page:
+        async for batch in walk.by_page():
+            for _wf in batch:
+                n += 1
+    else:
+        async for _wf in walk:
+            n += 1
+    return n
 
 
 def _pages(count: int, size: int, items: int, page: int, got: int, n: int) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import statistics
 import sys
@@ -36,12 +37,15 @@ from typing import Any
 import aiohttp
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from airudder_async import AirudderClient, _convert
 from airudder_async._convert import structure_items
 from airudder_async.models import Workflow
 from airudder_async.testing import INSTANCELIST_PATH, FakeAirudder
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import _walks  # noqa: E402 - the sibling module, importable once HERE is on the path
 
 AUTH_PATH = "/service/cloud/auth"
 SIZE = 200
@@ -115,16 +119,9 @@ async def capture(pages: int) -> tuple[bytes, dict[int, bytes]]:
     return auth, bodies
 
 
-def _without_msgspec() -> None:
-    return None
-
-
 async def library(session: CannedSession, items: int, *, msgspec: bool, by_page: bool = False) -> float:
     """CPU µs per workflow of a default walk over the canned pages (without msgspec: as if missing)."""
-    decoders = _convert._page_decoders
-    if not msgspec:
-        _convert._page_decoders = _without_msgspec  # type: ignore[assignment]
-    try:
+    with contextlib.nullcontext() if msgspec else _walks.msgspec_missing():
         async with AirudderClient(
             app_key="key",
             app_secret="secret",
@@ -132,18 +129,10 @@ async def library(session: CannedSession, items: int, *, msgspec: bool, by_page:
             session=session,  # type: ignore[arg-type]
         ) as client:
             await client.list_workflows(page=1, size=SIZE)  # the token, untimed
-            n, cpu = 0, time.process_time()
+            cpu = time.process_time()
             async with client.iter_workflows(page_size=SIZE, max_items=items) as walk:
-                if by_page:
-                    async for batch in walk.by_page():
-                        for _wf in batch:
-                            n += 1
-                else:
-                    async for _wf in walk:
-                        n += 1
+                n = await _walks.consume(walk, by_page=by_page)
             cpu = time.process_time() - cpu
-    finally:
-        _convert._page_decoders = decoders  # type: ignore[assignment]
     assert n == items, n
     return cpu / n * 1e6
 
