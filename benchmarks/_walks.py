@@ -43,26 +43,23 @@ def library(prefetch: int, *, by_page: bool = False, msgspec: bool = True) -> Wa
     """
 
     async def walk(server: Server, size: int, items: int, probe: Probe) -> Result:
-        if msgspec:
-            return await _library_walk(server, size, items, probe)
-        with msgspec_missing():
-            return await _library_walk(server, size, items, probe)
-
-    async def _library_walk(server: Server, size: int, items: int, probe: Probe) -> Result:
         # Limits.max_in_flight (default 8) caps the requests in flight whatever the prefetch: raise it
         # for deeper windows, as a user asking for prefetch=16 would have to.
         limits = Limits(max_in_flight=max(prefetch, DEFAULT_LIMITS.max_in_flight))
-        async with AirudderClient(
+        decoding = contextlib.nullcontext() if msgspec else msgspec_missing()
+        client = AirudderClient(
             app_key=server["app_key"], app_secret=server["app_secret"], base_url=server["url"], limits=limits
-        ) as client:
-            await client.list_workflows(page=1, size=1)  # token and one open connection, untimed
-            cap = None if items >= server["workflows"] else items  # a full walk keeps the default
-            server_cpu = probe()
-            started, cpu = time.perf_counter(), time.process_time()
-            async with client.iter_workflows(page_size=size, prefetch=prefetch, max_items=cap) as it:
-                n = await consume(it, by_page=by_page)
-            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-            return n, elapsed, cpu, probe() - server_cpu
+        )
+        with decoding:
+            async with client:
+                await client.list_workflows(page=1, size=1)  # token and one open connection, untimed
+                cap = None if items >= server["workflows"] else items  # a full walk keeps the default
+                server_cpu = probe()
+                started, cpu = time.perf_counter(), time.process_time()
+                async with client.iter_workflows(page_size=size, prefetch=prefetch, max_items=cap) as it:
+                    n = await consume(it, by_page=by_page)
+                elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+                return n, elapsed, cpu, probe() - server_cpu
 
     return walk
 

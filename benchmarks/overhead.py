@@ -31,7 +31,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -79,8 +78,6 @@ class _Answer:
 class CannedSession:
     """Answers the auth call and `instancelist` pages (by their `page` parameter) from captured bytes."""
 
-    closed = False
-
     def __init__(self, auth: bytes, pages: dict[int, bytes]) -> None:
         self._auth, self._pages = auth, pages
 
@@ -91,17 +88,6 @@ class CannedSession:
 
     def get(self, url: str, **kwargs: Any) -> _Answer:
         return _Answer(self._pages[int(kwargs["params"]["page"])])
-
-    async def close(self) -> None:
-        pass
-
-    async def __aenter__(self) -> CannedSession:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
 
 
 async def capture(pages: int) -> tuple[bytes, dict[int, bytes]]:
