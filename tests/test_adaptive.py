@@ -219,6 +219,43 @@ def test_after_a_drop_the_pace_climbs_fast_back_to_the_level_held_before() -> No
     assert ctl.prior == pytest.approx(40.0, rel=0.1)
 
 
+def _until_the_try_back(ctl: RateController, now: float) -> tuple[float, float]:
+    """Climb at the pace until the climb turns fast (a try back to the remembered level: more than one
+    request per second more for each answer, where CUBIC adds hundredths); refuse it there, as a limit
+    still at 10/s would. Return the seconds that took, and the time."""
+    start = now
+    while True:
+        before = ctl.rate
+        assert before is not None
+        now = climb(ctl, now, 0.2)
+        assert ctl.rate is not None
+        if ctl.rate > before + 0.5:
+            break
+        assert now - start < 30.0, "no try back"
+    ctl.refused(now, now + 0.01)
+    return now - start, now + 0.01
+
+
+def test_the_remembered_level_is_tried_after_10_s_of_growth_then_after_5_once_refused() -> None:
+    """The first try back comes 10 s of growth after a cut, so the drop itself costs few refusals; once a
+    try was refused (the limit still low), the next comes after 5 s, so a limit that returns just after a
+    refused try is found 5 s on, not 10 (the halving benchmark's re-convergence missed 10 s that way)."""
+    ctl, now = _dropped_from_40_to_10(remember=True)  # just cut
+    took, now = _until_the_try_back(ctl, now)
+    assert 10.0 <= took < 10.6
+    for _ in range(3):
+        assert ctl.prior == pytest.approx(40.0, rel=0.1)
+        took, now = _until_the_try_back(ctl, now)
+        assert 5.0 <= took < 5.6  # not 10
+    # The limit returns and the level is held again: a later drop waits the first 10 s afresh.
+    now = steady(ctl, now, 40.0, 3.0)
+    ctl.refused(now, now)
+    now = steady(ctl, now, 10.0, 1.0, held=False)
+    ctl.refused(now, now)
+    took, now = _until_the_try_back(ctl, now)
+    assert 10.0 <= took < 10.6
+
+
 def test_a_remembered_level_still_refused_a_minute_on_is_forgotten() -> None:
     """The climb back is tried again after each refusal on the way, but not for ever: a minute on it
     is forgotten, and the level it overshot to is not remembered in its place."""
