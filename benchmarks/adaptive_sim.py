@@ -304,7 +304,8 @@ def main() -> None:
         print(
             f"| {burst} | {statistics.median(shares):.2%} "
             f"| {'not within the run' if math.isinf(back) else f'{back:.1f} s'} "
-            f"| {sum(x <= 0.02 for x in shares)} / {sum(b <= 10 for b in backs)} of {len(runs)} |"
+            f"| {sum(x <= 0.02 for x in shares)} of {len(runs)} "
+            f"/ {sum(b <= 10 for b in backs)} of {len(runs)} |"
         )
 
 
