@@ -24,9 +24,10 @@ follows a CUBIC-like curve:
   down: back at the new peak without a refusal, climb fast towards it (a limit lowered for a while
   often returns), again after each refusal on the way, until one comes a minute after that level was
   last admitted. The first try comes after 10 s of growth past a cut (sooner at high rates), so the
-  drop itself costs few refusals; once a try was refused, the next comes after 5 s, so a limit that
-  returns is found about 5 s later whenever it returns (at 10 s, a try refused just before it came
-  back put the next one 10 s after).
+  drop itself costs few refusals; after a refused try the next comes sooner, after 5 s of growth, then
+  6.25, 7.8 and 10 s again: a limit back within about 20 s of its drop is found within 5-8 s of
+  growth of its return (at 10 s, a try refused just before it came back put the next one 10 s after),
+  and one that stays low is tried about once more in its first minute than at 10 s each (7 times, not 6).
 
 The time to climb back to `peak` is chosen so that one cycle spends about `requests_per_cycle`
 requests, which bounds the share of 429s near `1 / requests_per_cycle` whatever the limit is (on a
@@ -44,7 +45,8 @@ _EVIDENCE = 5  # admitted answers needed before a measured rate is trusted as th
 _HELD = 20  # admitted answers since a cut before what the server admits counts as a level it allowed
 _PRIOR_GAP = 1.2  # a remembered level this much above the peak is climbed back to fast
 _PRIOR_WAIT = 10.0  # at most this long (s) of growth after a cut before trying the remembered level
-_PRIOR_RETRY = 5.0  # and once a try at it was refused, at most this long
+_PRIOR_RETRY = 5.0  # at most this long (s) after a refused try at it (the longer it stays refused, see below)
+_PRIOR_BACKOFF = 1.25  # each further refused try waits this much longer, up to _PRIOR_WAIT
 _PRIOR_KEEP = 60.0  # a remembered level refused this long (s) after it was last admitted is forgotten
 _ESCAPE = 5.0  # seconds past the peak without a refusal before the climb turns fast again
 _HINT = 1.0  # a Retry-After this long or longer (whole seconds) says nothing about the rate
@@ -109,7 +111,7 @@ class RateController:
         self.prior = 0.0
         self._prior_at = -math.inf  # when the remembered level (or one near it) was last admitted
         self._to_prior = False
-        self._prior_refused = False  # a try back to it was refused since it was last admitted
+        self._prior_tries = 0  # tries back to it refused since it was last admitted
 
     def __repr__(self) -> str:
         rate = "unlimited" if self.rate is None else f"{self.rate:.2f}/s"
@@ -158,7 +160,9 @@ class RateController:
             else:
                 self._grown += elapsed
                 self.rate = self._curve()
-                wait = _PRIOR_RETRY if self._prior_refused else _PRIOR_WAIT
+                wait = _PRIOR_WAIT
+                if tries := self._prior_tries:
+                    wait = min(wait, _PRIOR_RETRY * _PRIOR_BACKOFF ** (tries - 1))
                 if self.prior > _PRIOR_GAP * self.peak and self._grown > min(0.75 * self._probe, wait):
                     # Back at the peak without a refusal, well under a level held before the limit
                     # dropped: climb fast towards it (again after each refusal on the way, for a
@@ -289,7 +293,7 @@ class RateController:
     def _cut(self, level: float, now: float) -> None:
         if self._to_prior:
             self._to_prior = False
-            self._prior_refused = True
+            self._prior_tries += 1
             if now - self._prior_at > _PRIOR_KEEP:
                 self.prior = 0.0  # still refused a minute on: that level is gone
         elif self._since_cut >= _HELD:
@@ -298,7 +302,7 @@ class RateController:
             served, sure = self._served_rate(now)
             if sure and served * _PRIOR_GAP >= self.prior:
                 self.prior, self._prior_at = max(self.prior, served), now
-                self._prior_refused = False
+                self._prior_tries = 0
         self.peak = max(self.floor, level)
         self.rate = self._bounded(self.beta * self.peak)
         self._probe = min(self.max_probe, max(self.min_probe, self.requests_per_cycle / self.peak))

@@ -6,8 +6,10 @@ Adaptive pacing in simulated time: the real `RateController` against a token-buc
 
 `benchmarks/adaptive.py` measures the real client against a real server for 60 s per case, about a
 quarter of an hour in all; this runs the same cases (limits of 5, 20 and 80 requests/s, bursts of 1
-and 5, and 20/s halved at a third of the run and restored at two thirds) as a discrete-event simulation
-in well under a second, so a change to the controller can be tried against all of them at once.
+and 5, and 20/s halved at a third of the run and restored at two thirds) as a discrete-event
+simulation in well under a second, so a change to the controller can be tried against all of them at
+once; and one more, 20/s halved for good, where the level held before is tried and refused until the
+controller forgets it.
 
 What is simulated, mirroring the client: 8 workers each keep one page request going (prefetch 8); the
 pacer's slow start (the window doubles each time a round of answers is back, until the first 429), a 429's
@@ -307,6 +309,20 @@ def main() -> None:
             f"| {sum(x <= 0.02 for x in shares)} of {len(runs)} "
             f"/ {sum(b <= 10 for b in backs)} of {len(runs)} |"
         )
+    print()
+    print(f"20 req/s, halved at {third:g} s for good (the walk goes on for a minute after)")
+    print()
+    print("| burst | 429 share over that minute | achieved / the new limit |")
+    print("|---:|---:|---:|")
+    for burst in (1, 5):
+        # The remembered level is tried again and again, refused each time, until it is forgotten.
+        stay = {**common, "duration": third + 60.0}
+        runs = [Simulation(20.0, burst, seed=s, changes=((third, 10.0),), **stay).run() for s in seeds]
+        share = statistics.median(r.share(third, third + 60) for r in runs)
+        achieved = statistics.median(
+            sum(third <= t < third + 60 for t in r.admitted_at) / 60 / 10.0 for r in runs
+        )
+        print(f"| {burst} | {share:.2%} | {achieved:.3f} |")
 
 
 if __name__ == "__main__":
