@@ -221,8 +221,9 @@ def test_after_a_drop_the_pace_climbs_fast_back_to_the_level_held_before() -> No
 
 def _until_the_try_back(ctl: RateController, now: float) -> tuple[float, float]:
     """Climb at the pace until the climb turns fast (a try back to the remembered level: more than one
-    request per second more for each answer, where CUBIC adds hundredths); refuse it there, as a limit
-    still at 10/s would. Return the seconds that took, and the time."""
+    request per second more for each answer, where CUBIC adds hundredths); refuse it there, a little
+    later than a limit still at 10/s would (it is noticed at 12-14/s, so each refused try lifts the
+    peak a little). Return the seconds that took, and the time."""
     start = now
     while True:
         before = ctl.rate
