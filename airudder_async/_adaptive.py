@@ -160,10 +160,9 @@ class RateController:
             else:
                 self._grown += elapsed
                 self.rate = self._curve()
-                wait = _PRIOR_WAIT
-                if tries := self._prior_tries:
-                    wait = min(wait, _PRIOR_RETRY * _PRIOR_BACKOFF ** (tries - 1))
-                if self.prior > _PRIOR_GAP * self.peak and self._grown > min(0.75 * self._probe, wait):
+                if self.prior > _PRIOR_GAP * self.peak and self._grown > min(
+                    0.75 * self._probe, self._prior_wait()
+                ):
                     # Back at the peak without a refusal, well under a level held before the limit
                     # dropped: climb fast towards it (again after each refusal on the way, for a
                     # minute: a limit lowered for a while tends to come back).
@@ -243,6 +242,12 @@ class RateController:
                 level = min(level, 1.0 / (retry_after + spacing))
         self._cut(level, now)
         return True
+
+    def _prior_wait(self) -> float:
+        """Seconds of growth before the next try back to the remembered level (see the module notes)."""
+        if tries := self._prior_tries:
+            return min(_PRIOR_WAIT, _PRIOR_RETRY * _PRIOR_BACKOFF ** (tries - 1))
+        return _PRIOR_WAIT
 
     def _informs(self, retry_after: float) -> bool:
         """
