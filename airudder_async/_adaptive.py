@@ -19,7 +19,11 @@ follows a CUBIC-like curve:
   (demand exceeds the rate): concave up to `peak`, flat around it, then convex, probing above it, so
   the pace sits near the limit most of the time and finds a raised one quickly;
 - **hold** (no growth) while latency rises well above its recent floor, and cut by `beta` when it
-  climbs far above it: a server that queues is saturating even before it refuses;
+  climbs far above it: a server that queues is saturating even before it refuses. Both the latency and
+  its floor are smoothed (the floor is the lowest smoothed value of the last 30 s, from the fifth
+  answer on): where calls of different weight mix, a small call now and then among full pages, the
+  fast answers must not make the others read as queueing (with the floor of single answers such a mix
+  cut the pace every 4 s without a refusal, or froze its growth for good);
 - **remember** the highest rate the server admitted over a regime that lasted before its limit came
   down: back at the new peak without a refusal, climb fast towards it (a limit lowered for a while
   often returns), again after each refusal on the way, until one comes a minute after that level was
@@ -54,6 +58,8 @@ _RESTART = 1.0  # requests per second after a refusal with nothing measured behi
 _SATURATED = 0.9  # admitted below this share of what the pace allowed since a cut: the server held it
 _NOISE = 0.002  # seconds a busy host's scheduling can bunch or stretch requests on their way (stalls)
 _NOISE_SHARE = 0.05  # a Retry-After within _NOISE bounds nothing where _NOISE is this much of an interval
+_LATENCY_KEEP = 30.0  # seconds a latency floor is kept unless a lower one comes
+_LATENCY_WARM = 5  # answers smoothed before the latency floor is taken (the first alone may be a small call)
 
 
 class RateController:
@@ -96,6 +102,7 @@ class RateController:
         self._latency_floor: float | None = None
         self._latency_floor_at = -math.inf
         self._latency = 0.0  # smoothed
+        self._latencies = 0  # latencies smoothed so far (up to _LATENCY_WARM)
         self._starting = False  # the last cut had too little evidence: grow exponentially
         self._since_cut = 0  # admitted answers since the last cut
         # Requests the pace allowed since the last cut (its rate over the time answers came), and the
@@ -333,13 +340,21 @@ class RateController:
     # -- latency ---------------------------------------------------------------------------------------
 
     def _observe_latency(self, now: float, latency: float) -> str:
-        """Track the latency floor (over the last 30 s) and a smoothed value; say how they compare."""
-        if self._latency_floor is None or latency <= self._latency_floor or now - self._latency_floor_at > 30:
-            self._latency_floor, self._latency_floor_at = latency, now
-        self._latency = latency if self._latency == 0.0 else 0.8 * self._latency + 0.2 * latency
+        """
+        Smooth the latency and track its floor, the lowest smoothed value over the last 30 s; say how
+        they compare (no trend until a few answers are smoothed).
+        """
+        if self._latencies < _LATENCY_WARM:
+            self._latencies += 1
+            self._latency = latency if self._latencies == 1 else 0.8 * self._latency + 0.2 * latency
+            return "flat"
+        smoothed = self._latency = 0.8 * self._latency + 0.2 * latency
         floor = self._latency_floor
-        if self._latency > 4.0 * floor + 0.5 and now - self.cut_at > 2 * self.window:
+        if floor is None or smoothed <= floor or now - self._latency_floor_at > _LATENCY_KEEP:
+            self._latency_floor, self._latency_floor_at = smoothed, now
+            return "flat"
+        if smoothed > 4.0 * floor + 0.5 and now - self.cut_at > 2 * self.window:
             return "rising"
-        if self._latency > 2.0 * floor + 0.05:
+        if smoothed > 2.0 * floor + 0.05:
             return "held"
         return "flat"

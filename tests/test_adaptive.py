@@ -970,3 +970,24 @@ async def test_a_burst_limit_is_met_by_one_round_not_two() -> None:
     assert len(seen) == 36
     assert sent <= 9
     assert sum(refused[:sent]) <= 4
+
+
+@pytest.mark.parametrize("slow", [0.12, 0.3, 0.8])
+def test_a_mix_of_fast_and_slow_calls_neither_cuts_nor_freezes_the_pace(slow: float) -> None:
+    """One fast call in ten among slow ones (a small call among full pages) is not queueing."""
+    ctl = RateController(200.0)
+    now = 0.0
+    for i in range(100):
+        now += 0.05
+        ctl.admitted(now, 0.02 if i % 10 == 0 else slow)
+    ctl.refused(now - 0.01, now)
+    after_cut = ctl.rate
+    assert after_cut is not None
+    n = 0
+    while now < 120.0:
+        now += 1.0 / ctl.rate
+        ctl.held()
+        ctl.admitted(now, 0.02 if n % 10 == 0 else slow)
+        n += 1
+    assert ctl.cuts == 1  # with the floor of single answers: a cut every 4 s, or no growth at all
+    assert ctl.rate > 2 * after_cut
